@@ -1,0 +1,317 @@
+"""Typed run configuration: dataclasses, YAML files and `a.b=value` overrides.
+
+OmegaConf's structured configs do the type checking: an unknown key or a value of
+the wrong type fails with the full key named. Choices are str-valued Enums, and the
+range checks that types cannot express live in `__post_init__`, so every way of
+building a Config (YAML, overrides, a checkpoint) goes through the same checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class Dataset(str, Enum):
+    fashion_mnist = "fashion_mnist"
+    linear_gaussian = "linear_gaussian"
+
+
+class Binarize(str, Enum):
+    none = "none"  # [0, 1] intensities
+    static = "static"  # thresholded once (Cremer et al. 2018 use 0.5)
+    dynamic = "dynamic"  # Bernoulli-resampled every epoch
+
+
+class Architecture(str, Enum):
+    mlp = "mlp"
+    conv = "conv"
+    linear = "linear"  # decoder only: probabilistic PCA, exact log p(x)
+
+
+class Likelihood(str, Enum):
+    bernoulli = "bernoulli"
+    gaussian = "gaussian"
+
+
+class InferenceKind(str, Enum):
+    amortized = "amortized"  # an encoder predicts q (a VAE)
+    local = "local"  # every training example owns its q (coordinate ascent)
+
+
+class Estimator(str, Enum):
+    iwae = "iwae"
+    ais = "ais"
+
+
+class RefineInit(str, Enum):
+    auto = "auto"  # the encoder where there is one, else the prior
+    prior = "prior"
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class SyntheticConfig:
+    """The probabilistic-PCA model that `linear_gaussian` data is drawn from."""
+
+    data_dim: int = 16
+    latent_dim: int = 4
+    noise_std: float = 0.5
+    num_points: int = 7000  # split 55:5:10 like Fashion-MNIST
+
+    def check(self) -> None:
+        _require(self.data_dim > 0 and self.latent_dim > 0, "data_dim", "dimensions must be positive")
+        _require(self.noise_std > 0, "noise_std", "must be positive")
+        _require(self.num_points >= 14, "num_points", "must be at least 14")
+
+
+@dataclass
+class DataConfig:
+    name: Dataset = Dataset.fashion_mnist
+    path: Optional[str] = None  # folder with the IDX .gz files (else $VI_LAB_DATA, system, cache)
+    download: bool = False  # fetch the files into the user cache when none are found
+    binarize: Binarize = Binarize.static
+    threshold: float = 0.5
+    num_train: Optional[int] = None  # take a subset of the training split
+    num_valid: Optional[int] = None
+    classes: Optional[list[int]] = None  # keep only these Fashion-MNIST classes
+    seed: int = 0  # fixes the train/valid split and the synthetic data, whatever the run's seed
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def check(self) -> None:
+        _require(0.0 < self.threshold < 1.0, "threshold", "must lie in (0, 1)")
+        for key in ("num_train", "num_valid"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, key, "must be positive or null")
+        if self.classes is not None:
+            _require(
+                len(self.classes) > 0 and all(0 <= c <= 9 for c in self.classes),
+                "classes",
+                "must be a non-empty list of class ids in 0..9",
+            )
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 50
+    decoder: Architecture = Architecture.mlp
+    encoder: Architecture = Architecture.mlp
+    likelihood: Likelihood = Likelihood.bernoulli
+    hidden: list[int] = field(default_factory=lambda: [200, 200])  # MLP widths
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths
+
+    def check(self) -> None:
+        _require(self.latent_dim > 0, "latent_dim", "must be positive")
+        _require(self.encoder != Architecture.linear, "encoder", "must be mlp or conv")
+        _require(all(h > 0 for h in self.hidden), "hidden", "widths must be positive")
+        _require(all(c > 0 for c in self.channels), "channels", "widths must be positive")
+
+
+@dataclass
+class LocalFitConfig:
+    """Adam on per-datapoint (loc, log_scale) with the decoder frozen.
+
+    A point whose running-average ELBO has not beaten its best by `tol` nats for
+    `patience` steps halves its learning rate; at the plateau after `num_decays` halvings
+    (or after `max_steps`) it stops. See `local_fit.py`.
+    """
+
+    max_steps: int = 20
+    lr: float = 0.05
+    tol: float = 0.01
+    patience: int = 2
+    num_decays: int = 0
+    smoothing: float = 0.5  # weight of the newest ELBO in the running average
+    num_samples: int = 1
+
+    def check(self) -> None:
+        _require(self.max_steps > 0, "max_steps", "must be positive")
+        _require(self.lr > 0, "lr", "must be positive")
+        _require(self.tol >= 0, "tol", "must be non-negative")
+        _require(self.patience > 0, "patience", "must be positive")
+        _require(self.num_decays >= 0, "num_decays", "must be >= 0")
+        _require(0.0 < self.smoothing <= 1.0, "smoothing", "must lie in (0, 1]")
+        _require(self.num_samples > 0, "num_samples", "must be positive")
+
+
+@dataclass
+class InferenceConfig:
+    kind: InferenceKind = InferenceKind.amortized
+    num_samples: int = 1  # Monte Carlo samples of the training ELBO
+    inner: LocalFitConfig = field(default_factory=LocalFitConfig)
+
+    def check(self) -> None:
+        _require(self.num_samples > 0, "num_samples", "must be positive")
+
+
+@dataclass
+class AISConfig:
+    num_steps: int = 500
+    num_leapfrog: int = 10
+    num_chains: int = 16
+    step_size: float = 0.05
+
+
+@dataclass
+class EvalConfig:
+    """What `vi-lab evaluate` measures; override as `vi-lab evaluate RUN key=value`."""
+
+    split: str = "test"
+    num_points: Optional[int] = 1000  # null: the whole split
+    estimator: Estimator = Estimator.iwae
+    num_samples: int = 5000  # K of the importance-weighted bound
+    init: RefineInit = RefineInit.auto
+    batch_size: int = 500  # points refined together
+    memory_budget_mb: float = 1024.0
+    refine: LocalFitConfig = field(
+        default_factory=lambda: LocalFitConfig(
+            max_steps=5000, lr=0.05, tol=0.01, patience=50, num_decays=5, smoothing=0.05, num_samples=10
+        )
+    )
+    ais: AISConfig = field(default_factory=AISConfig)
+
+    def check(self) -> None:
+        _require(self.split in ("train", "valid", "test"), "split", "must be train, valid or test")
+        _require(self.num_points is None or self.num_points > 0, "num_points", "must be positive or null")
+        _require(self.num_samples > 0, "num_samples", "must be positive")
+        _require(self.batch_size > 0, "batch_size", "must be positive")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    log_every: int = 50  # steps between scalar logs
+    num_images: int = 64  # reconstructions and prior samples shown per epoch
+    gaps_every: int = 0  # epochs between cheap gap evaluations (0: never)
+    gaps_num_points: int = 200
+    gaps_num_samples: int = 500
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size", "log_every", "num_images", "gaps_num_points", "gaps_num_samples"):
+            _require(getattr(self, key) > 0, key, "must be positive")
+        _require(self.lr > 0, "lr", "must be positive")
+        _require(self.gaps_every >= 0, "gaps_every", "must be >= 0")
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        if self.data.name == Dataset.linear_gaussian:
+            _require(
+                self.data.binarize == Binarize.none,
+                "data.binarize",
+                "linear_gaussian data is real-valued: set data.binarize=none",
+            )
+            _require(
+                self.model.likelihood == Likelihood.gaussian,
+                "model.likelihood",
+                "linear_gaussian data is real-valued: set model.likelihood=gaussian",
+            )
+        if self.model.decoder == Architecture.linear:
+            _require(
+                self.model.likelihood == Likelihood.gaussian,
+                "model.likelihood",
+                "the linear decoder is Gaussian: set model.likelihood=gaussian",
+            )
+
+
+def _validate(section: Any, prefix: str = "") -> None:
+    """Run every section's `check()`, innermost first, naming keys by their full path."""
+    for item in fields(section):
+        value = getattr(section, item.name)
+        if is_dataclass(value):
+            _validate(value, f"{prefix}{item.name}.")
+    if hasattr(section, "check"):
+        try:
+            section.check()
+        except ConfigError as error:
+            raise ConfigError(f"{prefix}{error}") from None
+
+
+def _build(schema: Any, *sources: Any) -> Any:
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *sources))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        first_line = str(error).splitlines()[0]
+        raise ConfigError(f"{key}: {first_line}" if key else first_line) from None
+    _validate(config)
+    return config
+
+
+def _parse_overrides(overrides: list[str]) -> Any:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (for example train.epochs=3)")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (only what differs), then `a.b=value` overrides."""
+    sources = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        sources.append(OmegaConf.load(path))
+    sources.append(_parse_overrides(list(overrides)))
+    return _build(Config, *sources)
+
+
+def override(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """A copy of a config (or a section of one) with `key=value` overrides applied."""
+    return _build(config, _parse_overrides(list(overrides)))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (enums as strings): for YAML, checkpoints and hparams."""
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, OmegaConf.create(data))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become strings (for TensorBoard hparams)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value) if isinstance(value, list) or value is None else value
+    return flat

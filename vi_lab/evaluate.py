@@ -1,0 +1,92 @@
+"""`vi-lab evaluate` and `vi-lab compare`: the gaps of a trained run, on file and on screen.
+
+`evaluate_run` measures the gaps (`gaps.py`) on one split and writes RUN/eval/:
+gaps.json (means, standard errors, steps and seconds), points.npz (per-point values),
+and TensorBoard scalars under `eval/` with a histogram of per-point gaps.
+`compare_runs` puts several evaluated runs side by side as a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from vi_lab.board import write_json
+from vi_lab.config import override
+from vi_lab.gaps import measure_gaps
+from vi_lab.runs import load_run
+
+ROWS = [
+    ("elbo_amortized", "L[q] (encoder)"),
+    ("elbo_refined", "L[q*] (refined)"),
+    ("log_px", "log p(x)"),
+    ("log_px_exact", "log p(x) exact"),
+    ("amortization_gap", "amortization gap"),
+    ("approximation_gap", "approximation gap"),
+    ("inference_gap", "inference gap"),
+]
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict:
+    """Measure and save the gaps of one run; `overrides` are keys of the eval section."""
+    run = load_run(run_dir)
+    config = override(run.config.eval, overrides)
+    x = run.data.x[config.split][: config.num_points]
+    torch.manual_seed(run.config.seed)
+    report = measure_gaps(run.model, x, config, progress=progress)
+    summary = {"split": config.split, **report.summary(), "run": str(run.run_dir), "kind": run.config.inference.kind.value}
+
+    out = run.run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    write_json(summary, out / "gaps.json")
+    points = report.per_point()
+    np.savez(out / "points.npz", **points)
+    with SummaryWriter(str(run.run_dir)) as writer:
+        step = json.loads((run.run_dir / "metrics.json").read_text())["steps"]
+        for key, _ in ROWS:
+            if summary[key] is not None:
+                writer.add_scalar(f"eval/{config.split}/{key}", summary[key], step)
+        for key in ("amortization_gap", "approximation_gap"):
+            if key in points:
+                writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], step)
+    return summary
+
+
+def _cell(summary: dict[str, Any], key: str) -> str:
+    if summary.get(key) is None:
+        return "—"
+    return f"{summary[key]:.2f} ± {summary[f'{key}_se']:.2f}"
+
+
+def format_table(summaries: list[dict[str, Any]], names: list[str]) -> str:
+    """Markdown: one column per run, one row per quantity (nats per datapoint, ± s.e.)."""
+    lines = ["| nats / point | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    shown = [(key, label) for key, label in ROWS if any(s.get(key) is not None for s in summaries)]
+    for key, label in shown:
+        lines.append(f"| {label} | " + " | ".join(_cell(s, key) for s in summaries) + " |")
+    extra = [
+        ("points", lambda s: f"{s['num_points']} ({s['split']})"),
+        ("log p(x) estimator", lambda s: f"{s['estimator']} ({s['num_samples']})"),
+        ("refine steps mean / max", lambda s: f"{s['refine_steps_mean']:.0f} / {s['refine_steps_max']}"),
+        ("points at step cap", lambda s: str(s["refine_num_capped"])),
+        ("refine s / log p s", lambda s: f"{s['refine_seconds']:.1f} / {s['log_px_seconds']:.1f}"),
+    ]
+    for label, cell in extra:
+        lines.append(f"| {label} | " + " | ".join(cell(s) for s in summaries) + " |")
+    return "\n".join(lines)
+
+
+def compare_runs(run_dirs: list[str | Path]) -> str:
+    summaries, names = [], []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "eval" / "gaps.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run `vi-lab evaluate {run_dir}` first")
+        summaries.append(json.loads(path.read_text()))
+        names.append(f"{Path(run_dir).name}")
+    return format_table(summaries, names)

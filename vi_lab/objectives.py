@@ -1,0 +1,41 @@
+"""The evidence lower bound, as pure per-example functions.
+
+ELBO(x; q) = E_q[log p(x | z)] - KL(q || p(z)) with p(z) = N(0, I), the KL term in
+closed form and the expectation a reparameterized Monte Carlo average over S samples
+(lectures 000-001; Kingma & Welling 2014). Callers reduce; nothing here calls .item().
+
+A decoder is any module with `log_prob(x, z) -> (S, B)` for x (B, P), z (S, B, D).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor
+
+from vi_lab import gaussian
+
+
+class Decoder(Protocol):
+    latent_dim: int
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor: ...
+
+    def mean(self, z: Tensor) -> Tensor: ...
+
+    def sample(self, z: Tensor) -> Tensor: ...
+
+
+def log_joint(decoder: Decoder, x: Tensor, z: Tensor) -> Tensor:
+    """log p(x, z) = log p(x | z) + log p(z) for z (S, B, D), shape (S, B)."""
+    return decoder.log_prob(x, z) + gaussian.log_standard_normal(z)
+
+
+def elbo(
+    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, num_samples: int = 1
+) -> dict[str, Tensor]:
+    """Per-example ELBO, reconstruction term and KL, each of shape (B,)."""
+    z = gaussian.sample(loc, log_scale, num_samples)  # (S, B, D)
+    recon = decoder.log_prob(x, z).mean(0)  # (B,)
+    kl = gaussian.kl_to_standard_normal(loc, log_scale)  # (B,)
+    return {"elbo": recon - kl, "recon": recon, "kl": kl}

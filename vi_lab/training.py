@@ -1,0 +1,293 @@
+"""`train(config, run_dir) -> metrics`: the one training entry point (CLI, tests, Optuna).
+
+Per minibatch (x, idx): `posterior.update` does the work that precedes a decoder step
+(the per-datapoint inner loop, or nothing for an encoder), then one Adam step on the
+negative minibatch ELBO moves the decoder (and the encoder, when there is one). This
+is coordinate ascent for local runs (lecture 004) and joint VAE training for amortized
+runs (Kingma & Welling 2014), with the same loop.
+
+The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and
+on Ctrl-C) and metrics.json. A non-finite loss stops the run before any checkpoint is
+written, so the last good one stays intact; `resume=True` continues from it exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from vi_lab.board import image_grid, write_hparams, write_json
+from vi_lab.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from vi_lab.config import Config, flatten, save_config, to_dict
+from vi_lab.data import Data, batches, epoch_generator, load_data, num_batches
+from vi_lab.gaps import measure_gaps
+from vi_lab.model import LatentVariableModel, build_model
+from vi_lab.objectives import elbo
+from vi_lab.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+
+METRIC_TAGS = ["valid/elbo", "train/elbo", "charts/examples_per_second"]
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Position:
+    epoch: int = 0  # the epoch in progress
+    batch: int = 0  # batches of that epoch already done
+    step: int = 0  # decoder steps overall
+    seconds: float = 0.0  # wall time overall
+    step_seconds: float = 0.0  # wall time inside training steps
+    examples: int = 0
+
+
+def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
+    """A readable, sortable name: {dataset}__{kind}__s{seed}__{time}."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{config.data.name.value}__{config.inference.kind.value}__s{config.seed}__{stamp}"
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+    hparams: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the run in `run_dir`; returns the metrics also saved as metrics.json.
+
+    `on_epoch(epoch, metrics)` is called after every epoch (Optuna reports and prunes
+    there); `hparams` replaces the flattened config in TensorBoard's HParams tab.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data = load_data(config.data, device)
+    model = build_model(config, data).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    position, history = Position(), []
+
+    if resume:
+        state = load_checkpoint(run_dir / FILENAME)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        position, history = Position(**state["position"]), state["history"]
+    else:
+        if (run_dir / FILENAME).exists():
+            raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+
+    writer = SummaryWriter(str(run_dir))
+    if not resume:
+        write_hparams(writer, hparams or flatten(to_dict(config)), METRIC_TAGS)
+        writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
+    loop = _Loop(config, run_dir, data, model, optimizer, writer, position, history)
+    try:
+        return loop.run(on_epoch)
+    finally:
+        writer.close()
+
+
+class _Loop:
+    """The epochs of one run, with its logging and checkpoints."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        data: Data,
+        model: LatentVariableModel,
+        optimizer: torch.optim.Optimizer,
+        writer: SummaryWriter,
+        position: Position,
+        history: list[dict[str, Any]],
+    ) -> None:
+        self.config, self.run_dir, self.data, self.model = config, run_dir, data, model
+        self.optimizer, self.writer, self.position, self.history = optimizer, writer, position, history
+        self.first_bad_step = torch.tensor(-1, device=data.x["train"].device)
+        generator = torch.Generator().manual_seed(config.seed)
+        self.prior_z = torch.randn(config.train.num_images, config.model.latent_dim, generator=generator)
+
+    def run(self, on_epoch: EpochCallback | None) -> dict[str, Any]:
+        train = self.config.train
+        per_epoch = num_batches(self.data.num_train, train.batch_size)
+        bar = tqdm(
+            total=train.epochs * per_epoch,
+            initial=self.position.epoch * per_epoch + self.position.batch,
+            desc=self.run_dir.name,
+            disable=not self.config.progress,
+            dynamic_ncols=True,
+        )
+        metrics = self.history[-1] if self.history else {}
+        try:
+            while self.position.epoch < train.epochs:
+                epoch_started = time.perf_counter()
+                train_metrics = self._train_epoch(bar)
+                metrics = self._end_epoch(train_metrics, epoch_started)
+                if on_epoch is not None:
+                    on_epoch(self.position.epoch, metrics)
+        except KeyboardInterrupt:
+            self._raise_if_non_finite()
+            self._save()
+            bar.write(f"interrupted: checkpoint saved at step {self.position.step} in {self.run_dir}")
+            raise
+        finally:
+            bar.close()
+        return metrics
+
+    def _train_epoch(self, bar: tqdm) -> dict[str, float]:
+        config, model, position = self.config, self.model, self.position
+        generator = epoch_generator(config.seed, position.epoch, self.data.x["train"].device)
+        x_epoch = self.data.epoch_train(generator)
+        sums: dict[str, Tensor] = {}
+        window: dict[str, Tensor] = {}
+        window_count = 0
+        epoch_count = 0
+        started = time.perf_counter()
+        for x, idx in batches(x_epoch, config.train.batch_size, generator, start=position.batch):
+            stats = model.posterior.update(model.decoder, x, idx)
+            loc, log_scale = model.posterior(x, idx)
+            terms = elbo(model.decoder, x, loc, log_scale, config.inference.num_samples)
+            loss = -terms["elbo"].mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+
+            bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+            self.first_bad_step = torch.where(bad, position.step, self.first_bad_step)
+            for name, value in {**terms, **stats}.items():
+                total = value.detach().sum()
+                window[name] = window.get(name, 0.0) + total
+                sums[name] = sums.get(name, 0.0) + total
+            window_count += x.shape[0]
+            epoch_count += x.shape[0]
+            position.batch += 1
+            position.step += 1
+            position.examples += x.shape[0]
+            bar.update(1)
+            if position.step % config.train.log_every == 0:
+                self._raise_if_non_finite()
+                means = {name: (value / window_count).item() for name, value in window.items()}
+                for name, value in means.items():
+                    self.writer.add_scalar(f"train/{name}", value, position.step)
+                bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
+                window, window_count = {}, 0
+        self._raise_if_non_finite()
+        elapsed = time.perf_counter() - started
+        position.step_seconds += elapsed
+        if epoch_count == 0:
+            return {}
+        self.writer.add_scalar("charts/examples_per_second", epoch_count / max(elapsed, 1e-9), position.step)
+        return {name: (value / epoch_count).item() for name, value in sums.items()}
+
+    def _raise_if_non_finite(self) -> None:
+        step = int(self.first_bad_step.item())
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"the training loss became non-finite at step {step} (epoch {self.position.epoch + 1}); "
+                f"the last good checkpoint in {self.run_dir} is kept. Try a smaller train.lr "
+                "or inference.inner.lr."
+            )
+
+    @torch.no_grad()
+    def _end_epoch(self, train_metrics: dict[str, float], epoch_started: float) -> dict[str, Any]:
+        config, model, position, writer = self.config, self.model, self.position, self.writer
+        model.eval()
+        x_valid = self.data.x["valid"]
+        valid_elbo, valid_log_scale = self._validate(x_valid)
+        writer.add_scalar("valid/elbo", valid_elbo, position.step)
+        writer.add_histogram("posterior/log_scale", valid_log_scale, position.step)
+        if self.data.image_shape is not None:
+            self._log_images(x_valid)
+        epoch_metrics: dict[str, Any] = {"epoch": position.epoch + 1, "step": position.step, "valid_elbo": valid_elbo}
+        epoch_metrics.update({f"train_{name}": value for name, value in train_metrics.items()})
+        gaps_every = config.train.gaps_every
+        if gaps_every and (position.epoch + 1) % gaps_every == 0:
+            gaps = self._measure_gaps(x_valid)
+            epoch_metrics.update({f"gaps_{name}": value for name, value in gaps.items()})
+        model.train()
+
+        position.epoch += 1
+        position.batch = 0
+        position.seconds += time.perf_counter() - epoch_started
+        self.history.append(epoch_metrics)
+        metrics = self._summary(epoch_metrics)
+        write_json(metrics, self.run_dir / "metrics.json")
+        self._save()
+        return metrics
+
+    def _validate(self, x_valid: Tensor) -> tuple[float, Tensor]:
+        """Mean validation ELBO (encoder q, or a fresh inner-loop fit) and the q log-scales."""
+        total, log_scales = 0.0, []
+        size = max(self.config.train.batch_size, 1000)
+        for begin in range(0, x_valid.shape[0], size):
+            x = x_valid[begin : begin + size]
+            loc, log_scale = self.model.posterior.infer(self.model.decoder, x)
+            total += elbo(self.model.decoder, x, loc, log_scale)["elbo"].sum().item()
+            log_scales.append(log_scale.flatten())
+        return total / x_valid.shape[0], torch.cat(log_scales)
+
+    def _log_images(self, x_valid: Tensor) -> None:
+        decoder, shape, step = self.model.decoder, self.data.image_shape, self.position.step
+        num = min(self.config.train.num_images // 2, x_valid.shape[0])
+        x = x_valid[:num]
+        loc, _ = self.model.posterior.infer(decoder, x)
+        pairs = torch.stack([x, decoder.mean(loc)], dim=1).flatten(0, 1)  # (2 num, P): data, reconstruction
+        self.writer.add_image("images/reconstructions", image_grid(pairs, shape), step)
+        samples = decoder.mean(self.prior_z.to(x.device))
+        self.writer.add_image("images/prior_samples", image_grid(samples, shape), step)
+
+    def _measure_gaps(self, x_valid: Tensor) -> dict[str, float]:
+        train = self.config.train
+        report = measure_gaps(
+            self.model,
+            x_valid[: train.gaps_num_points],
+            self.config.eval,
+            num_samples=train.gaps_num_samples,
+            progress=False,
+        )
+        summary = report.summary()
+        for name in ("amortization_gap", "approximation_gap", "inference_gap", "elbo_refined", "log_px"):
+            if summary[name] is not None:
+                self.writer.add_scalar(f"gaps/{name}", summary[name], self.position.step)
+        return {k: v for k, v in summary.items() if isinstance(v, float)}
+
+    def _summary(self, epoch_metrics: dict[str, Any]) -> dict[str, Any]:
+        position = self.position
+        return {
+            "train_elbo": epoch_metrics.get("train_elbo"),
+            "valid_elbo": epoch_metrics["valid_elbo"],
+            "valid_inference": "encoder" if self.model.posterior.amortized else "inner loop from the prior",
+            "epochs": position.epoch,
+            "steps": position.step,
+            "seconds": position.seconds,
+            "examples_per_second": position.examples / max(position.step_seconds, 1e-9),
+            "history": self.history,
+        }
+
+    def _save(self) -> None:
+        save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state(),
+                "position": asdict(self.position),
+                "history": self.history,
+                "config": to_dict(self.config),
+            },
+            self.run_dir / FILENAME,
+        )
