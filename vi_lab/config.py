@@ -178,7 +178,7 @@ class EvalConfig:
     memory_budget_mb: float = 1024.0
     refine: LocalFitConfig = field(
         default_factory=lambda: LocalFitConfig(
-            max_steps=5000, lr=0.05, tol=0.01, patience=50, num_decays=5, smoothing=0.05, num_samples=10
+            max_steps=5000, lr=0.05, tol=0.01, patience=100, num_decays=6, smoothing=0.05, num_samples=10
         )
     )
     ais: AISConfig = field(default_factory=AISConfig)

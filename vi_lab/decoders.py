@@ -72,15 +72,19 @@ class NeuralDecoder(nn.Module):
         loc, raw = params.unbind(-2)
         return loc, _LOG_MIN_SCALE + F.softplus(raw - _LOG_MIN_SCALE)
 
-    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x | z) summed over pixels: x (B, P), z (S, B, D) -> (S, B)."""
+    def log_prob_pixels(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x_j | z) for every pixel j: x (B, P), z (S, B, D) -> (S, B, P)."""
         params = self._params(z)
         if self.likelihood == Likelihood.bernoulli:
             logits = params.squeeze(-2)  # (S, B, P)
-            return (x * logits - F.softplus(logits)).sum(-1)
+            return x * logits - F.softplus(logits)
         loc, log_scale = self._loc_log_scale(params)  # (S, B, P) each
         standardized = (x - loc) * torch.exp(-log_scale)
-        return -(0.5 * (standardized.pow(2) + LOG_2PI) + log_scale).sum(-1)
+        return -(0.5 * (standardized.pow(2) + LOG_2PI) + log_scale)
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x | z) summed over pixels: x (B, P), z (S, B, D) -> (S, B)."""
+        return self.log_prob_pixels(x, z).sum(-1)
 
     def mean(self, z: Tensor) -> Tensor:
         """E[x | z], shape (*z.shape[:-1], P)."""

@@ -31,10 +31,14 @@ class LinearGaussianDecoder(nn.Module):
     def mean(self, z: Tensor) -> Tensor:
         return z @ self.weight.T + self.bias  # (..., P)
 
+    def log_prob_pixels(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x_j | z) per coordinate for x (B, P) and z (S, B, D), shape (S, B, P)."""
+        residual = (x - self.mean(z)) * torch.exp(-self.log_noise)  # (S, B, P)
+        return -0.5 * (residual.pow(2) + LOG_2PI) - self.log_noise
+
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z) for x (B, P) and z (S, B, D), shape (S, B)."""
-        residual = (x - self.mean(z)) * torch.exp(-self.log_noise)  # (S, B, P)
-        return -0.5 * (residual.pow(2) + LOG_2PI).sum(-1) - self.data_dim * self.log_noise
+        return self.log_prob_pixels(x, z).sum(-1)
 
     def sample(self, z: Tensor) -> Tensor:
         mean = self.mean(z)

@@ -1,0 +1,47 @@
+"""The `vi-lab` command as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def vi_lab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vi_lab.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("kind", ["amortized", "local"])
+def test_smoke_train_evaluate_resume(tmp_path, kind):
+    run_dir = tmp_path / kind
+    done = vi_lab("train", "configs/smoke.yaml", f"inference.kind={kind}", "progress=false", "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    assert "valid ELBO" in done.stdout
+    done = vi_lab("train", "--resume", str(run_dir), "train.epochs=3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 15
+    done = vi_lab("evaluate", str(run_dir), "num_points=20", "num_samples=100")
+    assert done.returncode == 0, done.stderr
+    assert "approximation gap" in done.stdout and (run_dir / "eval" / "gaps.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "configs/smoke.yaml", "train.batchsize=3"], "train.batchsize"),
+        (["train", "configs/smoke.yaml", "inference.kind=foo"], "inference.kind"),
+        (["train", "configs/nope.yaml"], "nope.yaml"),
+        (["evaluate", "/nonexistent/run"], "checkpoint.pt"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message):
+    done = vi_lab(*args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,52 @@
+"""Configs: shipped files load; bad keys, types and values fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vi_lab.config import ConfigError, InferenceKind, from_dict, load_config, to_dict
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_round_trip(path):
+    config = load_config(path)
+    assert from_dict(to_dict(config)) == config
+
+
+def test_overrides_are_typed():
+    config = load_config(None, ["inference.kind=local", "train.lr=0.01", "model.hidden=[10,20]"])
+    assert config.inference.kind == InferenceKind.local
+    assert config.train.lr == 0.01 and config.model.hidden == [10, 20]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.epochz=3", "train.epochz"),
+        ("train.epochs=three", "train.epochs"),
+        ("inference.kind=semi", "inference.kind"),
+        ("inference.inner.max_steps=0", "inference.inner.max_steps"),
+        ("eval.refine.lr=-1", "eval.refine.lr"),
+        ("eval.split=dev", "eval.split"),
+        ("data.classes=[12]", "data.classes"),
+        ("model.encoder=linear", "model.encoder"),
+        ("model.decoder=linear", "model.likelihood"),
+    ],
+)
+def test_bad_override_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_override_without_equals_sign_says_how():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
