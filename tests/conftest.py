@@ -9,6 +9,10 @@ import torch
 
 from vi_lab.linear_gaussian import LinearGaussianDecoder
 
+# The tests' tensors are small: per-operation overhead dominates, and a second thread only
+# adds contention when other processes share the two cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def linear_model() -> LinearGaussianDecoder:

@@ -21,7 +21,9 @@ def vi_lab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("kind", ["amortized", "local"])
 def test_smoke_train_evaluate_resume(tmp_path, kind):
     run_dir = tmp_path / kind
-    done = vi_lab("train", "configs/smoke.yaml", f"inference.kind={kind}", "progress=false", "--run-dir", str(run_dir))
+    done = vi_lab(
+        "train", "configs/smoke.yaml", f"inference.kind={kind}", "progress=false", "--run-dir", str(run_dir)
+    )
     assert done.returncode == 0, done.stderr
     assert "valid ELBO" in done.stdout
     done = vi_lab("train", "--resume", str(run_dir), "train.epochs=3")

@@ -19,7 +19,7 @@ def test_batches_carry_their_rows_and_cover_the_split_once():
     assert sorted(torch.cat(seen).tolist()) == list(range(23))
     # resuming at batch 2 of the same epoch yields the remaining batches, same order
     rest = [idx for _, idx in batches(x, 5, epoch_generator(0, 0, CPU), start=2)]
-    assert all(torch.equal(a, b) for a, b in zip(rest, seen[2:]))
+    assert all(torch.equal(a, b) for a, b in zip(rest, seen[2:], strict=True))
 
 
 def test_linear_gaussian_data_is_seeded_and_split():
@@ -37,15 +37,21 @@ def test_linear_gaussian_data_is_seeded_and_split():
 
 def test_fashion_mnist_splits_and_binarizations():
     static = load_data(DataConfig(), CPU)
-    assert [static.x[s].shape for s in ("train", "valid", "test")] == [(55000, 784), (5000, 784), (10000, 784)]
+    assert [static.x[s].shape for s in ("train", "valid", "test")] == [
+        (55000, 784),
+        (5000, 784),
+        (10000, 784),
+    ]
     assert set(torch.unique(static.x["train"]).tolist()) == {0.0, 1.0}
     assert static.image_shape == (1, 28, 28) and static.labels["test"].shape == (10000,)
 
     raw = load_data(DataConfig(binarize=Binarize.none, num_train=1000), CPU)
     assert raw.x["train"].shape == (1000, 784)
-    assert 0.0 <= raw.x["train"].min() and raw.x["train"].max() <= 1.0
+    assert raw.x["train"].min() >= 0.0 and raw.x["train"].max() <= 1.0
     assert len(torch.unique(raw.x["train"])) > 2
-    assert torch.equal(static.x["valid"], (load_data(DataConfig(binarize=Binarize.none), CPU).x["valid"] > 0.5).float())
+    assert torch.equal(
+        static.x["valid"], (load_data(DataConfig(binarize=Binarize.none), CPU).x["valid"] > 0.5).float()
+    )
 
     dynamic = load_data(DataConfig(binarize=Binarize.dynamic, num_train=1000), CPU)
     first = dynamic.epoch_train(epoch_generator(0, 0, CPU))

@@ -1,7 +1,7 @@
 """Tests for vi_lab.fashion_mnist: IDX parsing, MD5 checks, directory search and download.
 
 Everything runs on tiny fake datasets written to tmp_path; only test_real_data reads the
-Debian-packaged files and is skipped when they are absent.
+Debian-packaged files (`make data` installs them).
 """
 
 from __future__ import annotations
@@ -296,10 +296,8 @@ def test_download_failure_is_a_data_file_error(tmp_path):
 # real data --------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not REAL_DIR.is_dir(), reason=f"{REAL_DIR} absent (apt-get install dataset-fashion-mnist)"
-)
 def test_real_data():
+    assert REAL_DIR.is_dir(), f"{REAL_DIR} is absent: run `make data` (apt-get install dataset-fashion-mnist)"
     for key, name in fm.FILES.items():  # the MD5 table matches the installed files
         digest = hashlib.md5()
         with gzip.open(REAL_DIR / name) as stream:

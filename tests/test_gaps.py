@@ -72,7 +72,7 @@ def test_ordering_and_closed_form_on_a_trained_amortized_run(linear_runs):
     assert s["approximation_gap"] == pytest.approx(exact_gap, abs=0.05)
     assert s["log_px"] == pytest.approx(s["log_px_exact"], abs=0.05)
     # refinement never touches the decoder
-    for before, after in zip(decoder_before, run.model.decoder.parameters()):
+    for before, after in zip(decoder_before, run.model.decoder.parameters(), strict=True):
         assert torch.equal(before, after) and after.grad is None
 
 
@@ -116,8 +116,14 @@ def test_ais_estimator_through_evaluate(linear_runs):
 def test_gaps_over_training_are_logged(tmp_path):
     config = load_config(
         ROOT / "configs" / "linear_gaussian.yaml",
-        ["progress=false", "train.epochs=2", "train.gaps_every=1", "train.gaps_num_points=30",
-         "train.gaps_num_samples=100", "data.synthetic.num_points=700"],
+        [
+            "progress=false",
+            "train.epochs=2",
+            "train.gaps_every=1",
+            "train.gaps_num_points=30",
+            "train.gaps_num_samples=100",
+            "data.synthetic.num_points=700",
+        ],
     )
     metrics = train(config, tmp_path / "run")
     assert "gaps_amortization_gap" in metrics["history"][-1]

@@ -26,7 +26,7 @@ def test_inner_loop_moves_only_rows_in_idx_and_never_the_decoder(linear_model, l
     assert not changed[[i for i in range(200) if i not in idx.tolist()]].any()
     assert (posterior.step[idx] == stats["inner_steps"]).all() and (posterior.step[idx] > 0).all()
     assert posterior.step.sum() == posterior.step[idx].sum()
-    for before, after in zip(before_decoder, linear_model.parameters()):
+    for before, after in zip(before_decoder, linear_model.parameters(), strict=True):
         assert torch.equal(before, after) and after.grad is None
     assert (stats["inner_gain"] > 0).all()  # the loop improved every row's bound
 
@@ -49,7 +49,9 @@ def test_rows_stop_on_their_own(linear_model, linear_data):
     loc, log_scale = linear_model.best_diagonal(x)
     with torch.no_grad():
         loc[1] += 5.0
-    config = LocalFitConfig(max_steps=3000, lr=0.05, tol=0.01, patience=50, num_decays=2, smoothing=0.05, num_samples=10)
+    config = LocalFitConfig(
+        max_steps=3000, lr=0.05, tol=0.01, patience=50, num_decays=2, smoothing=0.05, num_samples=10
+    )
     fit = fit_local(linear_model, x, RowState.start_at(loc, log_scale), config)
     assert fit.steps[0] < fit.steps[1] < 3000
 

@@ -51,7 +51,10 @@ def test_analytic_kl_matches_monte_carlo_kl():
 
 
 def test_elbo_at_best_diagonal_equals_its_closed_form(linear_model, linear_data):
-    """q* = (posterior mean, variances 1/diag(Lambda)): ELBO = log p(x) - (sum log Lambda_ii - log det Lambda)/2."""
+    """q* = (posterior mean, variances 1/diag Lambda).
+
+    Its ELBO is log p(x) - (sum_i log Lambda_ii - log det Lambda) / 2.
+    """
     torch.manual_seed(3)
     x = linear_data[:50]
     with torch.no_grad():

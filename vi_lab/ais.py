@@ -4,9 +4,11 @@ Chains start from q = N(loc, diag scale^2) and move through the intermediate den
     f_t(z) = (1 - beta_t) log q(z) + beta_t log p(x, z),   0 = beta_0 < ... < beta_T = 1.
 The log weight of a chain is sum_t [f_t(z_{t-1}) - f_{t-1}(z_{t-1})], valid for any kernel
 that leaves f_t invariant; here one HMC move (exact Metropolis-Hastings accept/reject)
-per step. The per-point step size follows the acceptance rate pooled over its chains,
-as in Wu et al.'s BDMC code. The estimate, logsumexp over chains of log weights - log C,
-is a stochastic lower bound on log p(x).
+per step. The per-point step size moves by +-2% a step towards a target acceptance rate
+pooled over the point's chains, as in Wu et al.'s BDMC code. Strictly, a step size tuned
+on the chains' own past biases E[weight] slightly (measured on the test model: +0.7% with
+one chain, about +0.1% with 16). The estimate, logsumexp over chains of log weights
+- log C, is a stochastic lower bound on log p(x).
 """
 
 from __future__ import annotations
@@ -61,8 +63,14 @@ def _evaluate(decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, z: Te
 
 
 def _hmc_move(
-    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, beta: float, eps: Tensor,
-    num_leapfrog: int, chains: _Chains,
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    beta: float,
+    eps: Tensor,
+    num_leapfrog: int,
+    chains: _Chains,
 ) -> tuple[_Chains, Tensor]:
     """One HMC move leaving f_beta invariant; returns the new chains and the acceptances (C, B)."""
     inv_var = torch.exp(-2.0 * log_scale)  # (B, D)
@@ -84,14 +92,23 @@ def _hmc_move(
         p = p + (eps if step < num_leapfrog - 1 else 0.5 * eps) * grad_f(proposal)
     log_accept = f(proposal) - 0.5 * p.pow(2).sum(-1) - f(chains) + 0.5 * p0.pow(2).sum(-1)  # (C, B)
     accept = torch.rand_like(log_accept).log() < log_accept  # (C, B); NaN proposals are rejected
-    kept = [torch.where(accept[..., None] if new.dim() == 3 else accept, new, old)
-            for new, old in zip(proposal, chains)]
+    kept = [
+        torch.where(accept[..., None] if new.dim() == 3 else accept, new, old)
+        for new, old in zip(proposal, chains, strict=True)
+    ]
     return _Chains(*kept), accept
 
 
 def _ais_chunk(
-    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, betas: list[float],
-    num_leapfrog: int, num_chains: int, step_size: float, target_acceptance: float,
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    betas: list[float],
+    num_leapfrog: int,
+    num_chains: int,
+    step_size: float,
+    target_acceptance: float,
 ) -> Tensor:
     """AIS estimate (B,) for the points of one chunk, all chains batched."""
     chains = _evaluate(decoder, x, loc, log_scale, gaussian.sample(loc, log_scale, num_chains))
@@ -136,9 +153,6 @@ def ais_log_marginal(
     betas = annealing_schedule(num_steps, schedule)
     pair = num_chains * bytes_per_pair(decoder, x, keep_graph=True)
     point_chunk = max(1, int(memory_budget_mb * 2**20) // pair)
-    chunks = [
-        _ais_chunk(decoder, x[lo:lo + point_chunk], loc[lo:lo + point_chunk], log_scale[lo:lo + point_chunk],
-                   betas, num_leapfrog, num_chains, step_size, target_acceptance)
-        for lo in range(0, x.shape[0], point_chunk)
-    ]
-    return torch.cat(chunks)
+    settings = (betas, num_leapfrog, num_chains, step_size, target_acceptance)
+    chunks = zip(x.split(point_chunk), loc.split(point_chunk), log_scale.split(point_chunk), strict=True)
+    return torch.cat([_ais_chunk(decoder, *chunk, *settings) for chunk in chunks])  # (B,)

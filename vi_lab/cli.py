@@ -46,6 +46,87 @@ def _compare(args: argparse.Namespace) -> None:
     print(compare_runs(args.run_dirs))
 
 
+def _study(args: argparse.Namespace) -> None:
+    from vi_lab.study import StudyWorkerError, run_study, summarize_study  # optuna loads only here
+    from vi_lab.study_config import load_study_config
+
+    config = load_study_config(args.config, args.overrides)
+    try:
+        if not args.summary:
+            run_study(config, workers=args.workers, storage=args.storage)
+    except StudyWorkerError as error:
+        print(summarize_study(config, storage=args.storage))
+        print(f"vi-lab study: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(summarize_study(config, storage=args.storage))
+
+
+# The uses of a trained run (issue 5): gradvar, sample, anomaly, impute, embed. Each handler
+# imports its module itself, so that `vi-lab train` does not load them.
+_SETTINGS_HELP = "settings, before any --option (e.g. {})"
+
+
+def _gradvar(args: argparse.Namespace) -> None:
+    from vi_lab.estimators import format_gradvar, gradvar_run
+
+    print(format_gradvar(gradvar_run(args.run_dir, args.overrides)))
+    print(f"\nwritten: {Path(args.run_dir) / 'uses' / 'gradvar.json'}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from vi_lab.generate import sample_run
+
+    extra = [] if args.num is None else [f"num={args.num}"]
+    for path in sample_run(args.run_dir, [*args.overrides, *extra]).values():
+        print(f"written: {path}")
+
+
+def _anomaly(args: argparse.Namespace) -> None:
+    from vi_lab.anomaly import anomaly_run, format_anomaly
+
+    print(format_anomaly(anomaly_run(args.run_dir, args.ood, args.overrides)))
+    print(f"\nwritten: {Path(args.run_dir) / 'uses' / 'anomaly.json'}")
+
+
+def _impute(args: argparse.Namespace) -> None:
+    from vi_lab.impute import format_impute, impute_run
+
+    summary = impute_run(args.run_dir, args.mask, args.overrides)
+    print(format_impute(summary))
+    print(f"\nwritten: {Path(args.run_dir) / 'uses' / 'impute.json'} {summary.get('png', '')}")
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from vi_lab.embed import embed_run
+
+    summary = embed_run(args.run_dir, args.overrides)
+    print(
+        f"{summary['num_points']} {summary['split']} points in {summary['latent_dim']} dimensions: "
+        f"{summary['projector_config']} (`tensorboard --logdir {args.run_dir}`, Projector tab)"
+    )
+
+
+def _add_uses_commands(commands: argparse._SubParsersAction) -> None:
+    uses = [
+        ("gradvar", _gradvar, "score-function vs reparameterization gradient variance", "repeats=500"),
+        ("sample", _sample, "decode prior samples and latent interpolations to PNG", "num_pairs=6"),
+        ("anomaly", _anomaly, "outlier scores and their AUROC on out-of-distribution sets", "num_points=200"),
+        ("impute", _impute, "fill in missing pixels by fitting q to the observed ones", "max_steps=500"),
+        ("embed", _embed, "posterior means of test points in TensorBoard's projector", "num_points=2000"),
+    ]
+    parsers = {}
+    for name, handler, help_text, example in uses:
+        p = parsers[name] = commands.add_parser(name, help=help_text)
+        p.add_argument("run_dir")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=_SETTINGS_HELP.format(example))
+        p.set_defaults(handler=handler)
+    parsers["sample"].add_argument("--num", type=int, help="prior samples (default 64)")
+    ood_help = "noise, flip or classes:7,8,9 (repeatable)"
+    parsers["anomaly"].add_argument("--ood", action="append", required=True, metavar="SPEC", help=ood_help)
+    mask_help = "random:0.5 (fraction hidden), top or bottom (half hidden)"
+    parsers["impute"].add_argument("--mask", required=True, metavar="SPEC", help=mask_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vi-lab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("compare", help="side-by-side gap table of evaluated runs (markdown)")
     p.add_argument("run_dirs", nargs="+")
     p.set_defaults(handler=_compare)
+
+    p = commands.add_parser("study", help="run (or resume) an Optuna hyperparameter study")
+    p.add_argument("config", metavar="STUDY_CONFIG", help="study file, e.g. configs/study/smoke.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n_trials=10 root=/tmp/studies")
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine (journal file storage)")
+    p.add_argument("--storage", metavar="URL", help="shared database, e.g. postgresql://user:pass@host/db")
+    p.add_argument("--summary", action="store_true", help="only print best trials, trial table, importances")
+    p.set_defaults(handler=_study)
+    _add_uses_commands(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -81,13 +81,13 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     name: Dataset = Dataset.fashion_mnist
-    path: Optional[str] = None  # folder with the IDX .gz files (else $VI_LAB_DATA, system, cache)
+    path: str | None = None  # folder with the IDX .gz files (else $VI_LAB_DATA, system, cache)
     download: bool = False  # fetch the files into the user cache when none are found
     binarize: Binarize = Binarize.static
     threshold: float = 0.5
-    num_train: Optional[int] = None  # take a subset of the training split
-    num_valid: Optional[int] = None
-    classes: Optional[list[int]] = None  # keep only these Fashion-MNIST classes
+    num_train: int | None = None  # take a subset of the training split
+    num_valid: int | None = None
+    classes: list[int] | None = None  # keep only these Fashion-MNIST classes
     seed: int = 0  # fixes the train/valid split and the synthetic data, whatever the run's seed
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -110,13 +110,15 @@ class ModelConfig:
     decoder: Architecture = Architecture.mlp
     encoder: Architecture = Architecture.mlp
     likelihood: Likelihood = Likelihood.bernoulli
-    hidden: list[int] = field(default_factory=lambda: [200, 200])  # MLP widths
+    hidden: list[int] = field(default_factory=lambda: [200, 200])  # decoder MLP widths
+    encoder_hidden: list[int] | None = None  # encoder MLP widths; null: the decoder's, reversed
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths
 
     def check(self) -> None:
         _require(self.latent_dim > 0, "latent_dim", "must be positive")
         _require(self.encoder != Architecture.linear, "encoder", "must be mlp or conv")
         _require(all(h > 0 for h in self.hidden), "hidden", "widths must be positive")
+        _require(all(h > 0 for h in self.encoder_hidden or []), "encoder_hidden", "widths must be positive")
         _require(all(c > 0 for c in self.channels), "channels", "widths must be positive")
 
 
@@ -170,7 +172,7 @@ class EvalConfig:
     """What `vi-lab evaluate` measures; override as `vi-lab evaluate RUN key=value`."""
 
     split: str = "test"
-    num_points: Optional[int] = 1000  # null: the whole split
+    num_points: int | None = 1000  # null: the whole split
     estimator: Estimator = Estimator.iwae
     num_samples: int = 5000  # K of the importance-weighted bound
     init: RefineInit = RefineInit.auto
@@ -257,7 +259,7 @@ def _validate(section: Any, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{error}") from None
 
 
-def _build(schema: Any, *sources: Any) -> Any:
+def build(schema: Any, *sources: Any) -> Any:
     try:
         config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *sources))
     except OmegaConfBaseException as error:
@@ -268,7 +270,7 @@ def _build(schema: Any, *sources: Any) -> Any:
     return config
 
 
-def _parse_overrides(overrides: list[str]) -> Any:
+def parse_overrides(overrides: list[str]) -> Any:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (for example train.epochs=3)")
@@ -283,13 +285,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         sources.append(OmegaConf.load(path))
-    sources.append(_parse_overrides(list(overrides)))
-    return _build(Config, *sources)
+    sources.append(parse_overrides(list(overrides)))
+    return build(Config, *sources)
 
 
 def override(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
     """A copy of a config (or a section of one) with `key=value` overrides applied."""
-    return _build(config, _parse_overrides(list(overrides)))
+    return build(config, parse_overrides(list(overrides)))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -298,7 +300,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, OmegaConf.create(data))
+    return build(Config, OmegaConf.create(data))
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -74,10 +74,7 @@ def num_batches(num_points: int, batch_size: int) -> int:
 
 
 def load_data(config: DataConfig, device: torch.device) -> Data:
-    if config.name == Dataset.linear_gaussian:
-        data = _linear_gaussian(config)
-    else:
-        data = _fashion_mnist(config)
+    data = _linear_gaussian(config) if config.name == Dataset.linear_gaussian else _fashion_mnist(config)
     for split in SPLITS:
         data.x[split] = data.x[split].to(device)
         if data.labels[split] is not None:
@@ -122,8 +119,12 @@ def _fashion_mnist(config: DataConfig) -> Data:
         if keep is not None:
             rows = rows[keep[rows]]
         split_x[split], split_labels[split] = x[rows], labels[rows]
-    split_x["train"], split_labels["train"] = _subset(split_x["train"], split_labels["train"], config.num_train)
-    split_x["valid"], split_labels["valid"] = _subset(split_x["valid"], split_labels["valid"], config.num_valid)
+    split_x["train"], split_labels["train"] = _subset(
+        split_x["train"], split_labels["train"], config.num_train
+    )
+    split_x["valid"], split_labels["valid"] = _subset(
+        split_x["valid"], split_labels["valid"], config.num_valid
+    )
     dynamic = config.binarize == Binarize.dynamic
     return Data(split_x, split_labels, (1, 28, 28), dynamic)
 

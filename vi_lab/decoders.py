@@ -9,6 +9,7 @@ linear-Gaussian decoder lives in `linear_gaussian.py`; `build_decoder` picks one
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -26,7 +27,7 @@ _LOG_MIN_SCALE = math.log(MIN_SCALE)
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with ELU between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(nn.ELU())

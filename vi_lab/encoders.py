@@ -1,6 +1,7 @@
 """Encoders q_phi(z | x) for amortized inference: x (B, P) -> (loc, log_scale), each (B, D).
 
-The MLP mirrors the decoder's widths in reverse (Cremer et al. 2018 use 200-200);
+The MLP has `model.encoder_hidden` widths, by default the decoder's in reverse
+(Cremer et al. 2018 use 200-200);
 the conv encoder downsamples 28x28 images twice before a linear head.
 """
 
@@ -48,5 +49,6 @@ def build_encoder(config: ModelConfig, data_dim: int, image_shape: tuple[int, ..
             )
         net: nn.Module = ConvTrunk(config.channels, config.latent_dim)
     else:
-        net = mlp([data_dim, *reversed(config.hidden), 2 * config.latent_dim])
+        widths = config.encoder_hidden if config.encoder_hidden is not None else list(reversed(config.hidden))
+        net = mlp([data_dim, *widths, 2 * config.latent_dim])
     return Encoder(net, config.latent_dim)

@@ -32,14 +32,21 @@ ROWS = [
 ]
 
 
-def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict:
+def evaluate_run(
+    run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True
+) -> dict:
     """Measure and save the gaps of one run; `overrides` are keys of the eval section."""
     run = load_run(run_dir)
     config = override(run.config.eval, overrides)
     x = run.data.x[config.split][: config.num_points]
     torch.manual_seed(run.config.seed)
     report = measure_gaps(run.model, x, config, progress=progress)
-    summary = {"split": config.split, **report.summary(), "run": str(run.run_dir), "kind": run.config.inference.kind.value}
+    summary = {
+        "split": config.split,
+        **report.summary(),
+        "run": str(run.run_dir),
+        "kind": run.config.inference.kind.value,
+    }
 
     out = run.run_dir / "eval"
     out.mkdir(exist_ok=True)
@@ -63,30 +70,44 @@ def _cell(summary: dict[str, Any], key: str) -> str:
     return f"{summary[key]:.2f} ± {summary[f'{key}_se']:.2f}"
 
 
-def format_table(summaries: list[dict[str, Any]], names: list[str]) -> str:
-    """Markdown: one column per run, one row per quantity (nats per datapoint, ± s.e.)."""
-    lines = ["| nats / point | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+TRAINING_ROWS = [
+    ("train ELBO", lambda m: f"{m['train_elbo']:.2f}"),
+    ("valid ELBO", lambda m: f"{m['valid_elbo']:.2f} ({m['valid_inference']})"),
+    ("epochs / train seconds", lambda m: f"{m['epochs']} / {m['seconds']:.0f}"),
+    ("examples / s", lambda m: f"{m['examples_per_second']:.0f}"),
+]
+EVAL_ROWS = [
+    ("points", lambda s: f"{s['num_points']} ({s['split']})"),
+    ("log p(x) estimator", lambda s: f"{s['estimator']} ({s['num_samples']})"),
+    ("refine steps mean / max", lambda s: f"{s['refine_steps_mean']:.0f} / {s['refine_steps_max']}"),
+    ("points at step cap", lambda s: str(s["refine_num_capped"])),
+    ("refine s / log p s", lambda s: f"{s['refine_seconds']:.1f} / {s['log_px_seconds']:.1f}"),
+]
+
+
+def format_table(
+    summaries: list[dict[str, Any]], names: list[str], training: list[dict[str, Any]] | None = None
+) -> str:
+    """Markdown: one column per run; gap rows in nats per datapoint (± standard error)."""
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, cell in TRAINING_ROWS if training else []:
+        lines.append(f"| {label} | " + " | ".join(cell(m) for m in training) + " |")
     shown = [(key, label) for key, label in ROWS if any(s.get(key) is not None for s in summaries)]
     for key, label in shown:
         lines.append(f"| {label} | " + " | ".join(_cell(s, key) for s in summaries) + " |")
-    extra = [
-        ("points", lambda s: f"{s['num_points']} ({s['split']})"),
-        ("log p(x) estimator", lambda s: f"{s['estimator']} ({s['num_samples']})"),
-        ("refine steps mean / max", lambda s: f"{s['refine_steps_mean']:.0f} / {s['refine_steps_max']}"),
-        ("points at step cap", lambda s: str(s["refine_num_capped"])),
-        ("refine s / log p s", lambda s: f"{s['refine_seconds']:.1f} / {s['log_px_seconds']:.1f}"),
-    ]
-    for label, cell in extra:
+    for label, cell in EVAL_ROWS:
         lines.append(f"| {label} | " + " | ".join(cell(s) for s in summaries) + " |")
     return "\n".join(lines)
 
 
 def compare_runs(run_dirs: list[str | Path]) -> str:
-    summaries, names = [], []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "eval" / "gaps.json"
+    """Training metrics and gaps of evaluated runs, side by side."""
+    summaries, training, names = [], [], []
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / "eval" / "gaps.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: run `vi-lab evaluate {run_dir}` first")
         summaries.append(json.loads(path.read_text()))
-        names.append(f"{Path(run_dir).name}")
-    return format_table(summaries, names)
+        training.append(json.loads((run_dir / "metrics.json").read_text()))
+        names.append(run_dir.name)
+    return format_table(summaries, names, training)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from vi_lab import gaussian
 from vi_lab.ais import ais_log_marginal
-from vi_lab.config import EvalConfig, Estimator, RefineInit
+from vi_lab.config import Estimator, EvalConfig, RefineInit
 from vi_lab.marginal import iwae_log_marginal
 from vi_lab.model import LatentVariableModel
 from vi_lab.objectives import Decoder, elbo
@@ -94,9 +94,13 @@ def _standard_error(values: np.ndarray) -> float:
 def chunked_elbo(decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, batch_size: int) -> Tensor:
     """Per-point ELBO with ELBO_SAMPLES samples, in chunks of points, (N,)."""
     parts = [
-        elbo(decoder, x[i : i + batch_size], loc[i : i + batch_size], log_scale[i : i + batch_size], ELBO_SAMPLES)[
-            "elbo"
-        ]
+        elbo(
+            decoder,
+            x[i : i + batch_size],
+            loc[i : i + batch_size],
+            log_scale[i : i + batch_size],
+            ELBO_SAMPLES,
+        )["elbo"]
         for i in range(0, x.shape[0], batch_size)
     ]
     return torch.cat(parts)
@@ -141,7 +145,12 @@ def measure_gaps(
             )
         else:
             log_px = iwae_log_marginal(
-                decoder, x, refined.loc, refined.log_scale, num_samples, memory_budget_mb=config.memory_budget_mb
+                decoder,
+                x,
+                refined.loc,
+                refined.log_scale,
+                num_samples,
+                memory_budget_mb=config.memory_budget_mb,
             )
         exact = decoder.log_marginal(x) if hasattr(decoder, "log_marginal") else None
     if x.is_cuda:

@@ -34,14 +34,18 @@ def bytes_per_pair(decoder: Decoder, x: Tensor, keep_graph: bool = False) -> int
     return 4 * width * x.element_size()
 
 
-def check_inputs(decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, memory_budget_mb: float) -> None:
+def check_inputs(
+    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, memory_budget_mb: float
+) -> None:
     """Raise ValueError unless x is (B, P), loc and log_scale are (B, D) and the budget is positive."""
     if x.dim() != 2:
         raise ValueError(f"x must have shape (B, P), got {tuple(x.shape)}")
     if loc.dim() != 2 or loc.shape[0] != x.shape[0]:
         raise ValueError(f"loc must have shape (B, D) with B = {x.shape[0]}, got {tuple(loc.shape)}")
     if log_scale.shape != loc.shape:
-        raise ValueError(f"log_scale must have the shape of loc {tuple(loc.shape)}, got {tuple(log_scale.shape)}")
+        raise ValueError(
+            f"log_scale must have the shape {tuple(loc.shape)} of loc, got {tuple(log_scale.shape)}"
+        )
     latent_dim = getattr(decoder, "latent_dim", loc.shape[1])
     if loc.shape[1] != latent_dim:
         raise ValueError(f"loc has latent size {loc.shape[1]} but decoder.latent_dim is {latent_dim}")

@@ -14,7 +14,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but CUDA is not available here: use device=auto or cpu")
+        raise RuntimeError(
+            f"device={name} was asked for but CUDA is not available here: use device=auto or cpu"
+        )
     return device
 
 

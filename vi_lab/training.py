@@ -34,7 +34,14 @@ from vi_lab.model import LatentVariableModel, build_model
 from vi_lab.objectives import elbo
 from vi_lab.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
-METRIC_TAGS = ["valid/elbo", "train/elbo", "charts/examples_per_second"]
+METRIC_TAGS = ["valid/elbo", "train/elbo", "charts/examples_per_second", "charts/seconds"]
+GAP_TAGS = [
+    "gaps/amortization_gap",
+    "gaps/approximation_gap",
+    "gaps/inference_gap",
+    "gaps/elbo_refined",
+    "gaps/log_px",
+]
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
@@ -87,13 +94,16 @@ def train(
         position, history = Position(**state["position"]), state["history"]
     else:
         if (run_dir / FILENAME).exists():
-            raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
+            raise FileExistsError(
+                f"{run_dir} already holds a run: resume it with --resume, or pick another folder"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
     writer = SummaryWriter(str(run_dir))
     if not resume:
-        write_hparams(writer, hparams or flatten(to_dict(config)), METRIC_TAGS)
+        metric_tags = METRIC_TAGS + (GAP_TAGS if config.train.gaps_every else [])
+        write_hparams(writer, hparams or flatten(to_dict(config)), metric_tags)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     loop = _Loop(config, run_dir, data, model, optimizer, writer, position, history)
     try:
@@ -197,10 +207,14 @@ class _Loop:
     def _raise_if_non_finite(self) -> None:
         step = int(self.first_bad_step.item())
         if step >= 0:
+            kept = (
+                f"the last good checkpoint in {self.run_dir} is kept"
+                if (self.run_dir / FILENAME).exists()
+                else "no checkpoint had been written yet"
+            )
             raise NonFiniteLossError(
                 f"the training loss became non-finite at step {step} (epoch {self.position.epoch + 1}); "
-                f"the last good checkpoint in {self.run_dir} is kept. Try a smaller train.lr "
-                "or inference.inner.lr."
+                f"{kept}. Try a smaller train.lr or inference.inner.lr."
             )
 
     @torch.no_grad()
@@ -213,7 +227,11 @@ class _Loop:
         writer.add_histogram("posterior/log_scale", valid_log_scale, position.step)
         if self.data.image_shape is not None:
             self._log_images(x_valid)
-        epoch_metrics: dict[str, Any] = {"epoch": position.epoch + 1, "step": position.step, "valid_elbo": valid_elbo}
+        epoch_metrics: dict[str, Any] = {
+            "epoch": position.epoch + 1,
+            "step": position.step,
+            "valid_elbo": valid_elbo,
+        }
         epoch_metrics.update({f"train_{name}": value for name, value in train_metrics.items()})
         gaps_every = config.train.gaps_every
         if gaps_every and (position.epoch + 1) % gaps_every == 0:
@@ -224,6 +242,7 @@ class _Loop:
         position.epoch += 1
         position.batch = 0
         position.seconds += time.perf_counter() - epoch_started
+        writer.add_scalar("charts/seconds", position.seconds, position.step)
         self.history.append(epoch_metrics)
         metrics = self._summary(epoch_metrics)
         write_json(metrics, self.run_dir / "metrics.json")

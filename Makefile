@@ -1,0 +1,42 @@
+# The two set-up commands of the README are `make demo` and `make test`; both install first.
+# torch is pinned before the project is installed: an unpinned torch pulls a multi-GB CUDA build.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_TRAIN ?= data.num_train=10000 train.epochs=5
+DEMO_EVAL ?= num_points=300
+
+.PHONY: install data demo test lint bench
+
+install:
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+
+# Fashion-MNIST: the Debian package where we may install it, else the official files into ~/.cache.
+data: install
+	@if $(PYTHON) -c "import sys; from vi_lab.fashion_mnist import find_data_dir; sys.exit(find_data_dir() is None)"; then \
+		echo "Fashion-MNIST found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		$(PYTHON) -c "from vi_lab.fashion_mnist import download, user_cache_dir; download(user_cache_dir())"; \
+	fi
+
+# A short comparison on Fashion-MNIST: train both modes, measure their gaps, print the table.
+demo: data
+	vi-lab train configs/amortized.yaml $(DEMO_TRAIN) --run-dir $(DEMO_DIR)/amortized
+	vi-lab train configs/local.yaml $(DEMO_TRAIN) --run-dir $(DEMO_DIR)/local
+	vi-lab evaluate $(DEMO_DIR)/amortized $(DEMO_EVAL)
+	vi-lab evaluate $(DEMO_DIR)/local $(DEMO_EVAL)
+	vi-lab compare $(DEMO_DIR)/amortized $(DEMO_DIR)/local
+
+test: data
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check vi_lab tests benchmarks
+	$(PYTHON) -m ruff format --check vi_lab tests benchmarks
+
+bench: install
+	$(PYTHON) benchmarks/throughput.py
+	$(PYTHON) benchmarks/evaluation.py

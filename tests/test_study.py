@@ -1,0 +1,309 @@
+"""Tests for `vi-lab study`: Optuna studies whose trials are ordinary `train` runs.
+
+All studies run on a shrunken configs/study/smoke.yaml (the linear-Gaussian data, 700
+points, 2-3 epochs), write under tmp_path, and use one torch thread per process so that
+they stay fast on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from vi_lab import study as study_module
+from vi_lab.cli import main
+from vi_lab.config import ConfigError, load_config
+from vi_lab.study import StorageLocation, open_study, resolve_storage, run_study, summarize_study
+from vi_lab.study_config import load_study_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMOKE = CONFIGS / "study" / "smoke.yaml"
+TINY = ["overrides.data.synthetic.num_points=700", "overrides.train.epochs=2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smoke_config(root: Path, *overrides: str):
+    return load_study_config(SMOKE, [f"root={root}", *TINY, *overrides])
+
+
+def load(config, location: StorageLocation | None = None) -> optuna.Study:
+    return open_study(config, location or resolve_storage(config, None, 1, existing=True))
+
+
+def write_study(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(f"base: {CONFIGS / 'linear_gaussian.yaml'}\n{text}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The shipped smoke study, three trials, run through the CLI once for several tests."""
+    root = tmp_path_factory.mktemp("studies")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    code = main(["study", str(SMOKE), f"root={root}", *TINY, "pruner.kind=none"])  # all three run to the end
+    torch.set_num_threads(threads)
+    assert code == 0
+    return root, (root / "smoke").as_posix()
+
+
+def test_smoke_study_records_trials_with_params_and_values(smoke_study) -> None:
+    root, study_dir = smoke_study
+    config = smoke_config(root)
+    trials = load(config).trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert (Path(study_dir) / "study.db").is_file() and (Path(study_dir) / "study.yaml").is_file()
+    for trial in trials:
+        lr, latent_dim = trial.params["train.lr"], trial.params["model.latent_dim"]
+        assert 1e-3 <= lr <= 3e-2 and latent_dim in (2, 4, 8)
+        run_dir = Path(study_dir) / f"trial_{trial.number:04d}"
+        assert trial.user_attrs["run_dir"] == str(run_dir)
+        # the value is the run's own final valid ELBO, and the run used the suggested values
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert trial.value == pytest.approx(metrics["valid_elbo"]) and math.isfinite(trial.value)
+        assert metrics["epochs"] == 2
+        assert trial.intermediate_values.keys() == {1, 2}
+        assert trial.intermediate_values[2] == pytest.approx(trial.value)
+        saved = load_config(run_dir / "config.yaml")
+        assert saved.train.lr == lr and saved.model.latent_dim == latent_dim
+        assert saved.model.hidden == json.loads(trial.params["model.hidden"])  # list choices travel as JSON
+    assert len({t.params["train.lr"] for t in trials}) == 3
+
+
+def test_trial_folders_hold_tensorboard_hparams(smoke_study) -> None:
+    root, study_dir = smoke_study
+    for trial in load(smoke_config(root)).trials:
+        run_dir = Path(study_dir) / f"trial_{trial.number:04d}"
+        assert list(run_dir.glob("events.out.tfevents.*"))
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")
+        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= content.keys()
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        hparams = start.session_start_info.hparams
+        assert set(hparams) == {"train.lr", "model.latent_dim", "model.hidden"}  # the params, not the config
+        assert hparams["train.lr"].number_value == pytest.approx(trial.params["train.lr"])
+        assert hparams["model.latent_dim"].number_value == trial.params["model.latent_dim"]
+        assert hparams["model.hidden"].string_value == trial.params["model.hidden"]
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert "valid/elbo" in [m.name.tag for m in experiment.metric_infos]
+        assert events.Scalars("valid/elbo")[-1].value == pytest.approx(trial.value, rel=1e-5)
+
+
+def test_summary_shows_best_trial_table_and_importances(smoke_study, capsys: pytest.CaptureFixture) -> None:
+    root, _ = smoke_study
+    config = smoke_config(root)
+    best = load(config).best_trial
+    assert main(["study", str(SMOKE), f"root={root}", *TINY, "--summary"]) == 0
+    text = capsys.readouterr().out
+    assert "3 complete" in text and "3 of n_trials=3 done" in text
+    assert f"best trial:\n  trial {best.number:04d} COMPLETE: valid/elbo {best.value:.4g}" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 000")]
+    assert len(rows) == 3 and all("| complete |" in row for row in rows)
+    assert "parameter importances for valid/elbo: " in text and "train.lr" in text.split("importances")[1]
+    assert "optuna-dashboard 'sqlite:///" in text
+
+
+def test_rerun_resumes_to_the_target_number_of_trials(tmp_path: Path) -> None:
+    first = run_study(smoke_config(tmp_path, "n_trials=2"), verbose=False).trials
+    again = run_study(smoke_config(tmp_path, "n_trials=2"), verbose=False).trials
+    assert len(first) == len(again) == 2  # the target was met: nothing to do
+    more = run_study(smoke_config(tmp_path, "n_trials=3"), verbose=False).trials
+    assert [t.number for t in more] == [0, 1, 2]
+    assert [t.state for t in more[:2]] == [TrialState.COMPLETE] * 2
+    assert more[2].state in (TrialState.COMPLETE, TrialState.PRUNED)  # the median pruner may stop it
+    assert [t.params for t in more[:2]] == [t.params for t in first]
+    assert more[2].params not in [t.params for t in first]  # a fresh sampler stream, not a replay
+    assert len(optuna.get_all_study_summaries(resolve_storage(smoke_config(tmp_path), None, 1).open())) == 1
+
+
+def test_pruner_stops_a_hopeless_trial(tmp_path: Path) -> None:
+    path = write_study(
+        tmp_path,
+        "overrides: {progress: false, data: {synthetic: {num_points: 700}}, train: {epochs: 3, lr: 0.02}}\n"
+        "space: {train.batch_size: {type: categorical, choices: [50, 100]}}\n"
+        "pruner: {kind: median, n_startup_trials: 2, n_warmup_steps: 0}\n",
+    )
+    good = run_study(load_study_config(path, [f"root={tmp_path}", "n_trials=2"]), verbose=False).trials
+    assert [t.state for t in good] == [TrialState.COMPLETE] * 2
+    # same study, but the base learning rate leaves the model where it started
+    hopeless = load_study_config(path, [f"root={tmp_path}", "n_trials=3", "overrides.train.lr=1e-7"])
+    trial = run_study(hopeless, verbose=False).trials[2]
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]  # stopped after its first epoch of three
+    assert trial.intermediate_values[1] < min(t.intermediate_values[1] for t in good)
+    assert json.loads((tmp_path / "study" / "trial_0002" / "metrics.json").read_text())["epochs"] == 1
+    assert "pruned after epoch 1" in summarize_study(hopeless)
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_train = study_module.train
+
+    def flaky_train(config, run_dir, **kwargs):
+        if Path(run_dir).name == "trial_0001":
+            raise RuntimeError("boom in trial 1")
+        return real_train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(study_module, "train", flaky_train)
+    config = smoke_config(tmp_path)
+    trials = run_study(config, verbose=False).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["error"] == "RuntimeError: boom in trial 1"
+    assert len(run_study(config, verbose=False).trials) == 3  # a failed trial counts toward n_trials
+    assert "RuntimeError: boom in trial 1" in summarize_study(config)
+
+
+def test_nan_loss_fails_the_trial_with_its_error(tmp_path: Path) -> None:
+    path = write_study(
+        tmp_path,
+        "overrides: {progress: false, data: {synthetic: {num_points: 700}}, train: {epochs: 2}}\n"
+        "space: {train.lr: {type: categorical, choices: [1.0e+6]}}\nn_trials: 1\n",
+    )
+    config = load_study_config(path, [f"root={tmp_path}"])
+    (trial,) = run_study(config, verbose=False).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["error"].startswith("NonFiniteLossError: the training loss became non-finite")
+    assert "need at least 2 complete trials (have 0)" in summarize_study(config)
+
+
+def test_two_workers_share_a_journal_without_losing_or_duplicating_trials(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "n_trials=4", "pruner.kind=none")
+    run_study(config, workers=2, verbose=False)
+    study_dir = tmp_path / "smoke"
+    assert (study_dir / "journal.log").is_file() and not (study_dir / "study.db").exists()
+    trials = load(config).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    pids = [t.user_attrs["pid"] for t in trials]
+    assert len(set(pids)) == 2 and all(pids.count(pid) == 2 for pid in pids)  # two workers, two trials each
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4  # workers draw different points
+    assert sorted(p.name for p in study_dir.glob("trial_*")) == [f"trial_{n:04d}" for n in range(4)]
+    for trial in trials:
+        assert (
+            json.loads((study_dir / f"trial_{trial.number:04d}" / "metrics.json").read_text())["epochs"] == 2
+        )
+    # a study that started with workers stays in its journal; SQLite studies refuse workers
+    assert resolve_storage(config, None, 1).journal == str(study_dir.resolve() / "journal.log")
+    run_study(smoke_config(tmp_path, "name=other", "n_trials=1"), verbose=False)
+    with pytest.raises(ValueError, match="without --workers"):
+        run_study(smoke_config(tmp_path, "name=other", "n_trials=2"), workers=2, verbose=False)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_trial_left_running_by_a_dead_worker_is_failed_and_replaced(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "n_trials=1")
+    study = run_study(config, verbose=False)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    orphan = study.ask()  # as a worker would leave it when killed mid-trial
+    orphan.set_user_attr("host", study.trials[0].user_attrs["host"])
+    orphan.set_user_attr("pid", int(dead.stdout))
+    elsewhere = study.ask()  # a live worker on another machine: left alone
+    elsewhere.set_user_attr("host", "another-machine")
+    elsewhere.set_user_attr("pid", 1)
+    trials = run_study(smoke_config(tmp_path, "n_trials=3"), verbose=False).trials
+    states = {t.number: t.state for t in trials}
+    assert states[orphan.number] == TrialState.FAIL and "error" not in trials[orphan.number].user_attrs
+    assert states[elsewhere.number] == TrialState.RUNNING
+    # target 3 = trial 0 + the running one elsewhere + one new trial replacing the orphan
+    assert [n for n, s in states.items() if s == TrialState.COMPLETE] == [0, 3]
+
+
+def test_multi_objective_study_records_both_values(tmp_path: Path) -> None:
+    config = smoke_config(
+        tmp_path,
+        "n_trials=2",
+        "objectives=[{metric: valid/elbo, direction: maximize}, {metric: seconds, direction: minimize}]",
+        "pruner.kind=none",
+    )
+    study = run_study(config, verbose=False)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    for trial in study.trials:
+        metrics = json.loads((tmp_path / "smoke" / f"trial_{trial.number:04d}" / "metrics.json").read_text())
+        assert trial.values == pytest.approx([metrics["valid_elbo"], metrics["seconds"]])
+    assert "Pareto-optimal trials:" in summarize_study(config)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("train.lr: {type: floaty, low: 0.1, high: 1}", "space.train.lr.type"),
+        ("train.lr: {low: 0.1, high: 0.1}", "space.train.lr: low (0.1) must be < high (0.1)"),
+        ("train.lr: {low: 0.0, high: 0.1, log: true}", "space.train.lr.log: a log scale needs low > 0"),
+        ("model.hidden: {type: categorical, choices: []}", "space.model.hidden.choices"),
+        ("train.lrr: {low: 0.001, high: 0.1}", "space.train.lrr: cannot be applied"),
+        ("train.epochs: {type: int, low: 1, high: 2.5}", "space.train.epochs.high: must be an integer"),
+        ("train.epochs: {low: 0.5, high: 2}", "space.train.epochs: cannot be applied .* train.epochs"),
+        ("model.decoder: {type: categorical, choices: [mlp, transformer]}", "space.model.decoder: cannot be"),
+        ("train.lr: {low: 0.001, high: 0.1, colour: red}", "space.train.lr.colour"),
+    ],
+)
+def test_bad_search_space_entry_is_an_error_naming_it(tmp_path: Path, entry: str, message: str) -> None:
+    path = write_study(tmp_path, f"space:\n  {entry}\n")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_study_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("space: {train.lr: {low: 0.001, high: 0.1}}\nn_trails: 3\n", "n_trails"),
+        ("space: {train.lr: {low: 0.001, high: 0.1}}\nn_trials: three\n", "n_trials"),
+        (
+            "space: {train.lr: {low: 0.001, high: 0.1}}\nobjectives: [{metric: valid/elbow}]\n",
+            "objectives.0.metric",
+        ),
+        ("space: {train.lr: {low: 0.001, high: 0.1}}\noverrides: {train: {epoch: 3}}\n", "train.epoch"),
+        (
+            "space: {train.lr: {low: 0.001, high: 0.1}}\n"
+            "objectives: [{metric: valid/elbo}, {metric: seconds, direction: minimize}]\n",
+            "pruner.kind",
+        ),
+        ("space: {}\n", "space: give at least one parameter"),
+    ],
+)
+def test_bad_study_config_is_an_error_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_study_config(write_study(tmp_path, text))
+
+
+def test_shipped_study_configs_load_against_their_base_configs() -> None:
+    for path in sorted((CONFIGS / "study").glob("*.yaml")):
+        config = load_study_config(path)
+        assert config.name == path.stem and Path(config.base).is_file() and config.space
+
+
+def test_storage_urls_are_checked_and_passwords_redacted(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path)
+    location = resolve_storage(config, "postgresql+psycopg2://bob:s3cr3t@db.lab:5432/vi", workers=4)
+    assert "s3cr3t" not in location.describe() and "bob:***@db.lab" in location.describe()
+    assert "s3cr3t" not in location.dashboard_command()
+    with pytest.raises(ValueError, match="not a database URL"):
+        resolve_storage(config, "db.lab/vi", 1)
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_storage(config, "redis://db.lab:6379", 1)
+    with pytest.raises(FileNotFoundError, match="no study"):
+        summarize_study(config)
+    assert main(["study", str(SMOKE), f"root={tmp_path}", "--summary"]) == 2
