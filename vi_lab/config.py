@@ -58,7 +58,7 @@ class RefineInit(str, Enum):
     prior = "prior"
 
 
-def _require(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
 
@@ -73,9 +73,9 @@ class SyntheticConfig:
     num_points: int = 7000  # split 55:5:10 like Fashion-MNIST
 
     def check(self) -> None:
-        _require(self.data_dim > 0 and self.latent_dim > 0, "data_dim", "dimensions must be positive")
-        _require(self.noise_std > 0, "noise_std", "must be positive")
-        _require(self.num_points >= 14, "num_points", "must be at least 14")
+        require(self.data_dim > 0 and self.latent_dim > 0, "data_dim", "dimensions must be positive")
+        require(self.noise_std > 0, "noise_std", "must be positive")
+        require(self.num_points >= 14, "num_points", "must be at least 14")
 
 
 @dataclass
@@ -92,12 +92,12 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def check(self) -> None:
-        _require(0.0 < self.threshold < 1.0, "threshold", "must lie in (0, 1)")
+        require(0.0 < self.threshold < 1.0, "threshold", "must lie in (0, 1)")
         for key in ("num_train", "num_valid"):
             value = getattr(self, key)
-            _require(value is None or value > 0, key, "must be positive or null")
+            require(value is None or value > 0, key, "must be positive or null")
         if self.classes is not None:
-            _require(
+            require(
                 len(self.classes) > 0 and all(0 <= c <= 9 for c in self.classes),
                 "classes",
                 "must be a non-empty list of class ids in 0..9",
@@ -115,11 +115,11 @@ class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths
 
     def check(self) -> None:
-        _require(self.latent_dim > 0, "latent_dim", "must be positive")
-        _require(self.encoder != Architecture.linear, "encoder", "must be mlp or conv")
-        _require(all(h > 0 for h in self.hidden), "hidden", "widths must be positive")
-        _require(all(h > 0 for h in self.encoder_hidden or []), "encoder_hidden", "widths must be positive")
-        _require(all(c > 0 for c in self.channels), "channels", "widths must be positive")
+        require(self.latent_dim > 0, "latent_dim", "must be positive")
+        require(self.encoder != Architecture.linear, "encoder", "must be mlp or conv")
+        require(all(h > 0 for h in self.hidden), "hidden", "widths must be positive")
+        require(all(h > 0 for h in self.encoder_hidden or []), "encoder_hidden", "widths must be positive")
+        require(all(c > 0 for c in self.channels), "channels", "widths must be positive")
 
 
 @dataclass
@@ -140,13 +140,13 @@ class LocalFitConfig:
     num_samples: int = 1
 
     def check(self) -> None:
-        _require(self.max_steps > 0, "max_steps", "must be positive")
-        _require(self.lr > 0, "lr", "must be positive")
-        _require(self.tol >= 0, "tol", "must be non-negative")
-        _require(self.patience > 0, "patience", "must be positive")
-        _require(self.num_decays >= 0, "num_decays", "must be >= 0")
-        _require(0.0 < self.smoothing <= 1.0, "smoothing", "must lie in (0, 1]")
-        _require(self.num_samples > 0, "num_samples", "must be positive")
+        require(self.max_steps > 0, "max_steps", "must be positive")
+        require(self.lr > 0, "lr", "must be positive")
+        require(self.tol >= 0, "tol", "must be non-negative")
+        require(self.patience > 0, "patience", "must be positive")
+        require(self.num_decays >= 0, "num_decays", "must be >= 0")
+        require(0.0 < self.smoothing <= 1.0, "smoothing", "must lie in (0, 1]")
+        require(self.num_samples > 0, "num_samples", "must be positive")
 
 
 @dataclass
@@ -156,7 +156,7 @@ class InferenceConfig:
     inner: LocalFitConfig = field(default_factory=LocalFitConfig)
 
     def check(self) -> None:
-        _require(self.num_samples > 0, "num_samples", "must be positive")
+        require(self.num_samples > 0, "num_samples", "must be positive")
 
 
 @dataclass
@@ -186,10 +186,10 @@ class EvalConfig:
     ais: AISConfig = field(default_factory=AISConfig)
 
     def check(self) -> None:
-        _require(self.split in ("train", "valid", "test"), "split", "must be train, valid or test")
-        _require(self.num_points is None or self.num_points > 0, "num_points", "must be positive or null")
-        _require(self.num_samples > 0, "num_samples", "must be positive")
-        _require(self.batch_size > 0, "batch_size", "must be positive")
+        require(self.split in ("train", "valid", "test"), "split", "must be train, valid or test")
+        require(self.num_points is None or self.num_points > 0, "num_points", "must be positive or null")
+        require(self.num_samples > 0, "num_samples", "must be positive")
+        require(self.batch_size > 0, "batch_size", "must be positive")
 
 
 @dataclass
@@ -205,9 +205,9 @@ class TrainConfig:
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "log_every", "num_images", "gaps_num_points", "gaps_num_samples"):
-            _require(getattr(self, key) > 0, key, "must be positive")
-        _require(self.lr > 0, "lr", "must be positive")
-        _require(self.gaps_every >= 0, "gaps_every", "must be >= 0")
+            require(getattr(self, key) > 0, key, "must be positive")
+        require(self.lr > 0, "lr", "must be positive")
+        require(self.gaps_every >= 0, "gaps_every", "must be >= 0")
 
 
 @dataclass
@@ -222,24 +222,24 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> None:
-        _require(
+        require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device",
             "must be auto, cpu, cuda or cuda:N",
         )
         if self.data.name == Dataset.linear_gaussian:
-            _require(
+            require(
                 self.data.binarize == Binarize.none,
                 "data.binarize",
                 "linear_gaussian data is real-valued: set data.binarize=none",
             )
-            _require(
+            require(
                 self.model.likelihood == Likelihood.gaussian,
                 "model.likelihood",
                 "linear_gaussian data is real-valued: set model.likelihood=gaussian",
             )
         if self.model.decoder == Architecture.linear:
-            _require(
+            require(
                 self.model.likelihood == Likelihood.gaussian,
                 "model.likelihood",
                 "the linear decoder is Gaussian: set model.likelihood=gaussian",

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vi_lab.config import Config, ConfigError, build, load_config, override, parse_overrides
+from vi_lab.config import Config, ConfigError, build, load_config, override, parse_overrides, require
 
 # objective name -> key of the metrics dict that `train` returns (gap keys: of its last
 # history entry that has them, so they need train.gaps_every > 0)
@@ -60,11 +60,6 @@ class PrunerKind(str, Enum):
     none = "none"
 
 
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
-
-
 @dataclass
 class ParamSpec:
     """One search dimension: `float`/`int` in [low, high] (log scale, step), or `categorical`.
@@ -82,25 +77,25 @@ class ParamSpec:
 
     def check(self, key: str) -> None:
         if self.type == ParamType.categorical:
-            _require(bool(self.choices), f"{key}.choices", "a categorical parameter needs a non-empty list")
-            _require(self.low is None and self.high is None, key, "a categorical parameter takes no low/high")
+            require(bool(self.choices), f"{key}.choices", "a categorical parameter needs a non-empty list")
+            require(self.low is None and self.high is None, key, "a categorical parameter takes no low/high")
             texts = [choice_text(c) for c in self.choices]
-            _require(len(set(texts)) == len(texts), f"{key}.choices", "choices must be distinct")
+            require(len(set(texts)) == len(texts), f"{key}.choices", "choices must be distinct")
             return
-        _require(
+        require(
             self.choices is None,
             f"{key}.choices",
             f"only categorical parameters take choices, not {self.type.value}",
         )
-        _require(
+        require(
             self.low is not None and self.high is not None,
             key,
             f"a {self.type.value} parameter needs low and high",
         )
-        _require(self.low < self.high, key, f"low ({self.low}) must be < high ({self.high})")
-        _require(not self.log or self.low > 0, f"{key}.log", f"a log scale needs low > 0 (low is {self.low})")
-        _require(self.step is None or self.step > 0, f"{key}.step", "must be positive")
-        _require(
+        require(self.low < self.high, key, f"low ({self.low}) must be < high ({self.high})")
+        require(not self.log or self.low > 0, f"{key}.log", f"a log scale needs low > 0 (low is {self.low})")
+        require(self.step is None or self.step > 0, f"{key}.step", "must be positive")
+        require(
             not (self.log and self.step is not None),
             f"{key}.step",
             "Optuna takes either log or step, not both",
@@ -108,7 +103,7 @@ class ParamSpec:
         if self.type == ParamType.int:
             for name in ("low", "high", "step"):
                 value = getattr(self, name)
-                _require(value is None or float(value).is_integer(), f"{key}.{name}", "must be an integer")
+                require(value is None or float(value).is_integer(), f"{key}.{name}", "must be an integer")
 
     def ends(self) -> list[Any]:
         """Values that bracket the space: both bounds, or every choice."""
@@ -125,7 +120,7 @@ class ObjectiveSpec:
     direction: Direction = Direction.maximize
 
     def check(self) -> None:
-        _require(
+        require(
             self.metric in OBJECTIVE_KEYS, "metric", f"{self.metric!r} is not one of {list(OBJECTIVE_KEYS)}"
         )
 
@@ -137,7 +132,7 @@ class SamplerConfig:
     n_startup_trials: int = 10  # TPE: random trials before the model takes over
 
     def check(self) -> None:
-        _require(self.n_startup_trials >= 0, "n_startup_trials", "must be >= 0")
+        require(self.n_startup_trials >= 0, "n_startup_trials", "must be >= 0")
 
 
 @dataclass
@@ -152,9 +147,9 @@ class PrunerConfig:
 
     def check(self) -> None:
         for key in ("n_startup_trials", "n_warmup_steps"):
-            _require(getattr(self, key) >= 0, key, "must be >= 0")
-        _require(self.min_resource > 0, "min_resource", "must be positive")
-        _require(self.reduction_factor > 1, "reduction_factor", "must be > 1")
+            require(getattr(self, key) >= 0, key, "must be >= 0")
+        require(self.min_resource > 0, "min_resource", "must be positive")
+        require(self.reduction_factor > 1, "reduction_factor", "must be > 1")
 
 
 @dataclass
@@ -170,28 +165,28 @@ class StudyConfig:
     root: str = "runs/studies"  # the study folder is {root}/{name}
 
     def check(self) -> None:
-        _require(bool(self.name), "name", "must be a non-empty string")
-        _require(
+        require(bool(self.name), "name", "must be a non-empty string")
+        require(
             all(c.isalnum() or c in "-_." for c in self.name),
             "name",
             f"{self.name!r}: use letters, digits, - _ .",
         )
-        _require(bool(self.base), "base", "name the train config the trials start from")
-        _require(self.n_trials > 0, "n_trials", "must be positive")
-        _require(len(self.objectives) > 0, "objectives", "must name at least one metric")
+        require(bool(self.base), "base", "name the train config the trials start from")
+        require(self.n_trials > 0, "n_trials", "must be positive")
+        require(len(self.objectives) > 0, "objectives", "must name at least one metric")
         for i, objective in enumerate(self.objectives):
             try:
                 objective.check()
             except ConfigError as error:
                 raise ConfigError(f"objectives.{i}.{error}") from None
         metrics = [o.metric for o in self.objectives]
-        _require(len(set(metrics)) == len(metrics), "objectives", "each metric may appear once")
-        _require(
+        require(len(set(metrics)) == len(metrics), "objectives", "each metric may appear once")
+        require(
             len(self.objectives) == 1 or self.pruner.kind == PrunerKind.none,
             "pruner.kind",
             "Optuna prunes single-objective studies only: set pruner.kind=none for several objectives",
         )
-        _require(len(self.space) > 0, "space", "give at least one parameter to search")
+        require(len(self.space) > 0, "space", "give at least one parameter to search")
         for key, spec in self.space.items():
             spec.check(f"space.{key}")
 
@@ -283,7 +278,7 @@ def load_study_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
     base = base_config(config)
     _check_space(config, base)
     if any(o.metric.startswith("gaps/") for o in config.objectives):
-        _require(
+        require(
             base.train.gaps_every > 0,
             "objectives",
             "gap metrics need train.gaps_every > 0 in the base config",
