@@ -90,7 +90,7 @@ def test_read_idx_round_trips_labels(tmp_path, name):
 def test_read_idx_truncated_payload(tmp_path):
     content = idx_bytes(np.zeros((2, 3, 4), dtype=np.uint8))[:-5]
     path = write(tmp_path / "short-idx3-ubyte.gz", content)
-    with pytest.raises(fm.DataFileError, match="short-idx3-ubyte.gz") as info:
+    with pytest.raises(fm.DataFileError, match=r"short-idx3-ubyte.gz") as info:
         fm.read_idx(path)
     assert "24 data bytes were expected" in str(info.value)
     assert "19 were found" in str(info.value)
@@ -100,7 +100,7 @@ def test_read_idx_truncated_payload(tmp_path):
 def test_read_idx_trailing_bytes(tmp_path):
     content = idx_bytes(np.zeros(4, dtype=np.uint8)) + b"xyz"
     path = write(tmp_path / "long-idx1-ubyte", content)
-    with pytest.raises(fm.DataFileError, match="long-idx1-ubyte") as info:
+    with pytest.raises(fm.DataFileError, match=r"long-idx1-ubyte") as info:
         fm.read_idx(path)
     assert "4 data bytes were expected" in str(info.value)
     assert "7 were found" in str(info.value)
@@ -110,7 +110,7 @@ def test_read_idx_trailing_bytes(tmp_path):
 def test_read_idx_truncated_header(tmp_path):
     content = idx_bytes(np.zeros((2, 3, 4), dtype=np.uint8))[:10]
     path = write(tmp_path / "header-idx3-ubyte.gz", content)
-    with pytest.raises(fm.DataFileError, match="header-idx3-ubyte.gz.*truncated IDX dimensions"):
+    with pytest.raises(fm.DataFileError, match=r"header-idx3-ubyte.gz.*truncated IDX dimensions"):
         fm.read_idx(path)
 
 
@@ -124,7 +124,7 @@ def test_read_idx_truncated_header(tmp_path):
 )
 def test_read_idx_wrong_magic(tmp_path, magic):
     path = write(tmp_path / "magic-idx1-ubyte.gz", magic + struct.pack(">i", 3) + b"abc")
-    with pytest.raises(fm.DataFileError, match="magic-idx1-ubyte.gz") as info:
+    with pytest.raises(fm.DataFileError, match=r"magic-idx1-ubyte.gz") as info:
         fm.read_idx(path)
     assert f"0x{magic.hex()}" in str(info.value)
 
@@ -145,13 +145,13 @@ def test_read_idx_bad_gzip(tmp_path, damage):
     content = idx_bytes(rng.integers(0, 256, size=(20, 10, 10), dtype=np.uint8))
     path = tmp_path / "bad-idx3-ubyte.gz"
     path.write_bytes(damage(content))
-    with pytest.raises(fm.DataFileError, match="bad-idx3-ubyte.gz.*cannot read") as info:
+    with pytest.raises(fm.DataFileError, match=r"bad-idx3-ubyte.gz.*cannot read") as info:
         fm.read_idx(path)
     assert "gzip data is damaged" in str(info.value)
 
 
 def test_read_idx_missing_file_names_it(tmp_path):
-    with pytest.raises(fm.DataFileError, match="nothing-here.gz.*FileNotFoundError"):
+    with pytest.raises(fm.DataFileError, match=r"nothing-here.gz.*FileNotFoundError"):
         fm.read_idx(tmp_path / "nothing-here.gz")
 
 
@@ -172,7 +172,7 @@ def test_load_detects_altered_byte(fake_dataset):
     content = bytearray(idx_bytes(arrays["test_images"]))
     content[-1] ^= 0x01  # still a well-formed IDX file, so only the MD5 can catch it
     write(directory / fm.FILES["test_images"], bytes(content))
-    with pytest.raises(fm.DataFileError, match="MD5") as info:
+    with pytest.raises(fm.DataFileError, match=r"MD5") as info:
         fm.load(str(directory))
     message = str(info.value)
     assert "t10k-images-idx3-ubyte.gz" in message
@@ -281,13 +281,13 @@ def test_download_from_file_url(fake_dataset, tmp_path):
 def test_download_verifies_md5(fake_dataset, tmp_path, monkeypatch):
     source, _ = fake_dataset
     monkeypatch.setitem(fm.MD5, "train_labels", "0" * 32)
-    with pytest.raises(fm.DataFileError, match="train-labels-idx1-ubyte.gz.*MD5"):
+    with pytest.raises(fm.DataFileError, match=r"train-labels-idx1-ubyte.gz.*MD5"):
         fm.download(tmp_path / "dest", base_url=source.as_uri())
 
 
 def test_download_failure_is_a_data_file_error(tmp_path):
     dest = tmp_path / "dest"
-    with pytest.raises(fm.DataFileError, match="Downloading .*train-images-idx3-ubyte.gz failed") as info:
+    with pytest.raises(fm.DataFileError, match=r"Downloading .*train-images-idx3-ubyte.gz failed") as info:
         fm.download(dest, base_url=(tmp_path / "no-such-mirror").as_uri())
     assert "apt-get install -y dataset-fashion-mnist" in str(info.value)
     assert os.listdir(dest) == []  # the temporary file was removed

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a decoder, amortized or per-datapoint")
     p.add_argument("items", nargs="*", metavar="CONFIG [key=value ...]", help="config file, then overrides")
-    p.add_argument("--run-dir", help="where to write the run (default: runs/{dataset}__{kind}__s{seed}__{time})")
+    p.add_argument("--run-dir", help="the run's folder (default: runs/{dataset}__{kind}__s{seed}__{time})")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(handler=_train)
 

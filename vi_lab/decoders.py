@@ -78,7 +78,7 @@ class NeuralDecoder(nn.Module):
         params = self._params(z)
         if self.likelihood == Likelihood.bernoulli:
             logits = params.squeeze(-2)  # (S, B, P)
-            return x * logits - F.softplus(logits)
+            return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
         loc, log_scale = self._loc_log_scale(params)  # (S, B, P) each
         standardized = (x - loc) * torch.exp(-log_scale)
         return -(0.5 * (standardized.pow(2) + LOG_2PI) + log_scale)

@@ -78,49 +78,60 @@ class FitResult:
 
 
 def fit_local(decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfig) -> FitResult:
-    """Maximize each row's ELBO with the decoder frozen; returns new rows (inputs untouched)."""
+    """Maximize each row's ELBO with the decoder frozen; returns new rows (inputs untouched).
+
+    Rows are masked arithmetically (weight 0 for stopped rows) rather than by indexing,
+    so every step is the same few fused tensor operations whatever the mix of rows.
+    """
+    num_rows = x.shape[0]
     params = rows.params.clone()
     exp_avg, exp_avg_sq, step = rows.exp_avg.clone(), rows.exp_avg_sq.clone(), rows.step.clone()
-    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # (N,)
-    stall = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    steps_taken = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    active = torch.ones(num_rows, device=x.device)  # (N,) 1 while a row is optimized, then 0
+    stall = torch.zeros(num_rows, device=x.device)  # steps since the running average improved
+    steps_taken = torch.zeros(num_rows, device=x.device)
+    lr = torch.full((num_rows,), config.lr, device=x.device)
+    decays_left = torch.full((num_rows,), float(config.num_decays), device=x.device)
     warmup = math.ceil(1.0 / config.smoothing)  # steps before the running average means anything
-    lr = torch.full((x.shape[0], 1, 1), config.lr, device=x.device)  # (N, 1, 1)
-    decays_left = torch.full_like(stall, config.num_decays)
 
     for t in range(config.max_steps):
         with torch.enable_grad():
             params.requires_grad_(True)
             estimate = elbo(decoder, x, params[:, 0], params[:, 1], config.num_samples)["elbo"]  # (N,)
-            (grad,) = torch.autograd.grad(estimate.sum(), params)
+            (grad,) = torch.autograd.grad(estimate.sum(), params)  # (N, 2, D)
         params = params.detach()
         estimate = estimate.detach()
         with torch.no_grad():
             if t == 0:
-                first, average, best = estimate, estimate, estimate
+                first = average = estimate
             else:
                 average = torch.lerp(average, estimate, config.smoothing)
-            improved = (average > best + config.tol) | (t < warmup)
-            best = torch.where(improved, average, best)
-            stall = torch.where(improved, 0, stall + 1)
-            plateau = stall >= config.patience
+            if t < warmup:
+                best = average
+            else:
+                improved = average > best + config.tol
+                best = torch.where(improved, average, best)
+                stall = (stall + 1).masked_fill_(improved, 0)
 
-            # Adam ascent on the active rows only.
-            live = active[:, None, None]
-            step = step + active
-            exp_avg = torch.where(live, torch.lerp(exp_avg, grad, 1 - BETA1), exp_avg)
-            exp_avg_sq = torch.where(live, torch.lerp(exp_avg_sq, grad.square(), 1 - BETA2), exp_avg_sq)
-            bias1 = 1 - BETA1 ** step.clamp(min=1)[:, None, None]
-            bias2 = 1 - BETA2 ** step.clamp(min=1)[:, None, None]
-            update = (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt() + EPS)
-            params = torch.where(live, params + lr * update, params)
+            # Adam ascent; a stopped row has weight 0 in every update, so nothing of it moves.
+            live = active[:, None, None]  # (N, 1, 1)
+            step += active
+            exp_avg.lerp_(grad, live * (1 - BETA1))
+            exp_avg_sq.lerp_(grad.square_(), live * (1 - BETA2))
+            count = step.clamp(min=1)
+            step_size = active * lr / (1 - torch.pow(BETA1, count))  # (N,)
+            denom = (exp_avg_sq.sqrt() / torch.sqrt(1 - torch.pow(BETA2, count))[:, None, None]).add_(EPS)
+            params.addcdiv_(exp_avg * step_size[:, None, None], denom)
             steps_taken += active
-            active = active & ~(plateau & (decays_left == 0))
-            decay = plateau & active
-            lr = torch.where(decay[:, None, None], lr * 0.5, lr)
-            decays_left = decays_left - decay.long()
-            stall = torch.where(decay, 0, stall)
-        if not active.any():
+
+            if t >= warmup:
+                plateau = stall >= config.patience
+                stop = plateau & (decays_left == 0)
+                decay = plateau & ~stop
+                lr = torch.where(decay, lr * 0.5, lr)
+                decays_left -= decay.float()
+                stall.masked_fill_(decay, 0)
+                active.masked_fill_(stop, 0)
+        if t >= warmup and not active.any():
             break
     state = RowState(params, exp_avg, exp_avg_sq, step)
-    return FitResult(state, first, average, steps_taken, active)
+    return FitResult(state, first, average, steps_taken.long(), active.bool())

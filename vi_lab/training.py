@@ -128,7 +128,11 @@ class _Loop:
     ) -> None:
         self.config, self.run_dir, self.data, self.model = config, run_dir, data, model
         self.optimizer, self.writer, self.position, self.history = optimizer, writer, position, history
-        self.first_bad_step = torch.tensor(-1, device=data.x["train"].device)
+        self.window: list[Tensor] = []  # per-step sums of the logged terms since the last flush
+        self.window_count = 0
+        self.names: list[str] = []
+        self.epoch_sums: Tensor | None = None
+        self.epoch_count = 0
         generator = torch.Generator().manual_seed(config.seed)
         self.prior_z = torch.randn(config.train.num_images, config.model.latent_dim, generator=generator)
 
@@ -151,7 +155,7 @@ class _Loop:
                 if on_epoch is not None:
                     on_epoch(self.position.epoch, metrics)
         except KeyboardInterrupt:
-            self._raise_if_non_finite()
+            self._flush_window()  # never save parameters that a non-finite step has touched
             self._save()
             bar.write(f"interrupted: checkpoint saved at step {self.position.step} in {self.run_dir}")
             raise
@@ -163,10 +167,7 @@ class _Loop:
         config, model, position = self.config, self.model, self.position
         generator = epoch_generator(config.seed, position.epoch, self.data.x["train"].device)
         x_epoch = self.data.epoch_train(generator)
-        sums: dict[str, Tensor] = {}
-        window: dict[str, Tensor] = {}
-        window_count = 0
-        epoch_count = 0
+        self.epoch_sums, self.epoch_count = None, 0
         started = time.perf_counter()
         for x, idx in batches(x_epoch, config.train.batch_size, generator, start=position.batch):
             stats = model.posterior.update(model.decoder, x, idx)
@@ -177,36 +178,41 @@ class _Loop:
             loss.backward()
             self.optimizer.step()
 
-            bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
-            self.first_bad_step = torch.where(bad, position.step, self.first_bad_step)
-            for name, value in {**terms, **stats}.items():
-                total = value.detach().sum()
-                window[name] = window.get(name, 0.0) + total
-                sums[name] = sums.get(name, 0.0) + total
-            window_count += x.shape[0]
-            epoch_count += x.shape[0]
+            values = {**terms, **stats}
+            self.names = list(values)
+            self.window.append(torch.stack([v.detach() for v in values.values()]).sum(1))  # (T,)
+            self.window_count += x.shape[0]
             position.batch += 1
             position.step += 1
             position.examples += x.shape[0]
             bar.update(1)
             if position.step % config.train.log_every == 0:
-                self._raise_if_non_finite()
-                means = {name: (value / window_count).item() for name, value in window.items()}
+                means = self._flush_window()
                 for name, value in means.items():
                     self.writer.add_scalar(f"train/{name}", value, position.step)
                 bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
-                window, window_count = {}, 0
-        self._raise_if_non_finite()
+        self._flush_window()
         elapsed = time.perf_counter() - started
         position.step_seconds += elapsed
-        if epoch_count == 0:
+        if self.epoch_count == 0:
             return {}
-        self.writer.add_scalar("charts/examples_per_second", epoch_count / max(elapsed, 1e-9), position.step)
-        return {name: (value / epoch_count).item() for name, value in sums.items()}
+        self.writer.add_scalar(
+            "charts/examples_per_second", self.epoch_count / max(elapsed, 1e-9), position.step
+        )
+        return dict(zip(self.names, (self.epoch_sums / self.epoch_count).tolist(), strict=True))
 
-    def _raise_if_non_finite(self) -> None:
-        step = int(self.first_bad_step.item())
-        if step >= 0:
+    def _flush_window(self) -> dict[str, float]:
+        """Check and reduce the steps since the last flush; returns per-example means.
+
+        Each step only stacks its sums: the finiteness check and the reductions (and the
+        device synchronization they cost) happen here, once per `train.log_every` steps.
+        """
+        if not self.window:
+            return {}
+        rows = torch.stack(self.window)  # (W, T)
+        finite = torch.isfinite(rows).all(1)  # (W,)
+        if not bool(finite.all()):
+            step = self.position.step - len(self.window) + int((~finite).nonzero()[0])
             kept = (
                 f"the last good checkpoint in {self.run_dir} is kept"
                 if (self.run_dir / FILENAME).exists()
@@ -216,6 +222,12 @@ class _Loop:
                 f"the training loss became non-finite at step {step} (epoch {self.position.epoch + 1}); "
                 f"{kept}. Try a smaller train.lr or inference.inner.lr."
             )
+        sums = rows.sum(0)  # (T,)
+        self.epoch_sums = sums if self.epoch_sums is None else self.epoch_sums + sums
+        self.epoch_count += self.window_count
+        means = dict(zip(self.names, (sums / self.window_count).tolist(), strict=True))
+        self.window, self.window_count = [], 0
+        return means
 
     @torch.no_grad()
     def _end_epoch(self, train_metrics: dict[str, float], epoch_started: float) -> dict[str, Any]:
