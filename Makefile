@@ -3,8 +3,8 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
-DEMO_TRAIN ?= data.num_train=10000 train.epochs=5
-DEMO_EVAL ?= num_points=300
+DEMO_TRAIN ?= train.epochs=10
+DEMO_EVAL ?= num_points=500
 
 .PHONY: install data demo test lint bench
 

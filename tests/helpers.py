@@ -9,6 +9,7 @@ import torch
 from vi_lab.linear_gaussian import LinearGaussianDecoder
 
 DATA_DIM, LATENT_DIM = 16, 4
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def correlated_decoder(seed: int = 0, rho: float = 0.5, strength: float = 4.0) -> LinearGaussianDecoder:

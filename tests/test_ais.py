@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DATA_DIM, LATENT_DIM, best_q, correlated_decoder, data, error_and_standard_error, prior
+from helpers import (
+    DATA_DIM,
+    DEVICES,
+    LATENT_DIM,
+    best_q,
+    correlated_decoder,
+    data,
+    error_and_standard_error,
+    prior,
+)
 
 from vi_lab.ais import SCHEDULES, ais_log_marginal, annealing_schedule
 from vi_lab.marginal import iwae_log_marginal
@@ -116,9 +125,10 @@ def test_bad_inputs_raise(kwargs: dict, name: str) -> None:
         ais_log_marginal(decoder, **{**args, **kwargs})
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_runs_on_cuda() -> None:
-    decoder = correlated_decoder().cuda()
+@pytest.mark.parametrize("device", DEVICES)
+def test_runs_on_every_device_present(device: str) -> None:
+    """Chunked, on the data's device: CPU everywhere, CUDA too where there is one."""
+    decoder = correlated_decoder().to(device)
     x = data(decoder, 32)
     exact = decoder.log_marginal(x).detach()
     estimate = ais_log_marginal(decoder, x, *best_q(decoder, x), num_steps=200, memory_budget_mb=0.05)

@@ -47,3 +47,12 @@ def test_bad_input_is_one_clear_line(args, message):
     done = vi_lab(*args)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_settings_may_follow_options(tmp_path):
+    run_dir = str(tmp_path / "run")
+    done = vi_lab("train", "configs/smoke.yaml", "--run-dir", run_dir, "train.epochs=1", "progress=false")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
+    done = vi_lab("compare", str(tmp_path / "run"), "--bogus")
+    assert done.returncode == 2 and "--bogus" in done.stderr

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import DATA_DIM, LATENT_DIM, best_q, correlated_decoder, data
+from helpers import DATA_DIM, DEVICES, LATENT_DIM, best_q, correlated_decoder, data
 
 from vi_lab.marginal import bytes_per_pair, iwae_log_marginal
 
@@ -96,9 +96,10 @@ def test_bad_inputs_raise(kwargs: dict, name: str) -> None:
         iwae_log_marginal(decoder, **{**args, **kwargs})
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_runs_on_cuda() -> None:
-    decoder = correlated_decoder().cuda()
+@pytest.mark.parametrize("device", DEVICES)
+def test_runs_on_every_device_present(device: str) -> None:
+    """Chunked, on the data's device: CPU everywhere, CUDA too where there is one."""
+    decoder = correlated_decoder().to(device)
     x = data(decoder, 32)
     exact = decoder.log_marginal(x).detach()
     estimate = iwae_log_marginal(decoder, x, *best_q(decoder, x), num_samples=5000, memory_budget_mb=0.5)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from vi_lab import gaussian
 from vi_lab.board import write_json
-from vi_lab.config import ConfigError, Dataset, LocalFitConfig, override
+from vi_lab.config import Dataset, LocalFitConfig, override, require
 from vi_lab.data import load_data
 from vi_lab.gaps import chunked_elbo
 from vi_lab.marginal import iwae_log_marginal
@@ -146,13 +146,10 @@ class AnomalyConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if self.split not in ("train", "valid", "test"):
-            raise ConfigError("split: must be train, valid or test")
+        require(self.split in ("train", "valid", "test"), "split", "must be train, valid or test")
         for key in ("num_points", "elbo_samples", "num_samples", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be positive")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError("max_steps: must be positive or null")
+            require(getattr(self, key) >= 1, key, "must be positive")
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be positive or null")
 
 
 @torch.no_grad()

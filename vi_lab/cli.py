@@ -63,7 +63,7 @@ def _study(args: argparse.Namespace) -> None:
 
 # The uses of a trained run (issue 5): gradvar, sample, anomaly, impute, embed. Each handler
 # imports its module itself, so that `vi-lab train` does not load them.
-_SETTINGS_HELP = "settings, before any --option (e.g. {})"
+_SETTINGS_HELP = "settings (e.g. {})"
 
 
 def _gradvar(args: argparse.Namespace) -> None:
@@ -157,8 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `key=value` words stand after options too (`--run-dir X a.b=1`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    settings = "items" if hasattr(args, "items") else "overrides"
+    stray = [word for word in extra if word.startswith("-") or "=" not in word]
+    if stray or (extra and not hasattr(args, settings)):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        setattr(args, settings, [*getattr(args, settings), *extra])
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         args.handler(args)
     except USER_ERRORS as error:

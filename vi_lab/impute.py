@@ -27,7 +27,7 @@ from torch import Tensor
 
 from vi_lab import gaussian
 from vi_lab.board import image_grid, write_json
-from vi_lab.config import ConfigError, override
+from vi_lab.config import override, require
 from vi_lab.objectives import Decoder
 from vi_lab.refine import refine
 from vi_lab.runs import load_run
@@ -129,13 +129,10 @@ class ImputeConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if self.split not in ("train", "valid", "test"):
-            raise ConfigError("split: must be train, valid or test")
+        require(self.split in ("train", "valid", "test"), "split", "must be train, valid or test")
         for key in ("num_points", "num_images", "num_samples", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be positive")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError("max_steps: must be positive or null")
+            require(getattr(self, key) >= 1, key, "must be positive")
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be positive or null")
 
 
 def _mean_se(values: Tensor) -> tuple[float, float]:
