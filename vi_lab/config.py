@@ -177,7 +177,7 @@ class EvalConfig:
     num_samples: int = 5000  # K of the importance-weighted bound
     init: RefineInit = RefineInit.auto
     batch_size: int = 500  # points refined together
-    memory_budget_mb: float = 1024.0
+    memory_budget_mb: float | None = None  # MB per chunk of log p(x) work; null: runtime.memory_budget_mb
     refine: LocalFitConfig = field(
         default_factory=lambda: LocalFitConfig(
             max_steps=5000, lr=0.05, tol=0.01, patience=100, num_decays=6, smoothing=0.05, num_samples=10

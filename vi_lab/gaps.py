@@ -26,6 +26,7 @@ from vi_lab.marginal import iwae_log_marginal
 from vi_lab.model import LatentVariableModel
 from vi_lab.objectives import Decoder, elbo
 from vi_lab.refine import refine
+from vi_lab.runtime import memory_budget_mb
 
 ELBO_SAMPLES = 100  # Monte Carlo samples behind each reported per-point ELBO
 
@@ -119,6 +120,7 @@ def measure_gaps(
     """
     decoder, posterior = model.decoder, model.posterior
     num_samples = num_samples or config.num_samples
+    budget = config.memory_budget_mb or memory_budget_mb(x.device)
     with torch.no_grad():
         if config.init == RefineInit.prior:
             start = gaussian.standard_normal_params(x.shape[0], decoder.latent_dim, x.device)
@@ -141,7 +143,7 @@ def measure_gaps(
                 num_leapfrog=config.ais.num_leapfrog,
                 num_chains=config.ais.num_chains,
                 step_size=config.ais.step_size,
-                memory_budget_mb=config.memory_budget_mb,
+                memory_budget_mb=budget,
             )
         else:
             log_px = iwae_log_marginal(
@@ -150,7 +152,7 @@ def measure_gaps(
                 refined.loc,
                 refined.log_scale,
                 num_samples,
-                memory_budget_mb=config.memory_budget_mb,
+                memory_budget_mb=budget,
             )
         exact = decoder.log_marginal(x) if hasattr(decoder, "log_marginal") else None
     if x.is_cuda:
