@@ -18,14 +18,14 @@ from torch import Tensor
 
 from vi_lab.board import image_grid
 from vi_lab.config import ConfigError, override
-from vi_lab.objectives import Decoder
+from vi_lab.objectives import GenerativeDecoder
 from vi_lab.runs import load_run
 from vi_lab.uses import open_outputs, require_images
 
 
 @torch.no_grad()
 def prior_samples(
-    decoder: Decoder, num: int, device: torch.device, generator: torch.Generator | None = None
+    decoder: GenerativeDecoder, num: int, device: torch.device, generator: torch.Generator | None = None
 ) -> Tensor:
     """E[x | z] for num draws z ~ N(0, I) (drawn on the CPU by `generator`), shape (num, P)."""
     z = torch.randn(num, decoder.latent_dim, generator=generator).to(device)  # (N, D)

@@ -28,7 +28,7 @@ from torch import Tensor
 from vi_lab import gaussian
 from vi_lab.board import image_grid, write_json
 from vi_lab.config import override, require
-from vi_lab.objectives import Decoder
+from vi_lab.objectives import GenerativeDecoder
 from vi_lab.refine import refine
 from vi_lab.runs import load_run
 from vi_lab.uses import open_outputs
@@ -73,7 +73,7 @@ def make_mask(
     return (~hidden).expand(num_points, data_dim).clone()
 
 
-def masked_log_prob(decoder: Decoder, x: Tensor, observed: Tensor, z: Tensor) -> Tensor:
+def masked_log_prob(decoder: GenerativeDecoder, x: Tensor, observed: Tensor, z: Tensor) -> Tensor:
     """log p(x_o | z), summed over the observed pixels: x, observed (B, P), z (S, B, D) -> (S, B)."""
     per_pixel = decoder.log_prob_pixels(x, z)  # (S, B, P)
     return torch.where(observed, per_pixel, torch.zeros_like(per_pixel)).sum(-1)
@@ -83,7 +83,7 @@ class ObservedPixels:
     """The decoder seen through a mask, for `refine`: its data are [x, mask] side by side, (B, 2P),
     so that each chunk of points that `refine` takes carries its own mask."""
 
-    def __init__(self, decoder: Decoder) -> None:
+    def __init__(self, decoder: GenerativeDecoder) -> None:
         self.decoder = decoder
         self.latent_dim = decoder.latent_dim
 
@@ -98,7 +98,7 @@ class ObservedPixels:
 
 @torch.no_grad()
 def predictive_mean(
-    decoder: Decoder, loc: Tensor, log_scale: Tensor, num_samples: int, batch_size: int
+    decoder: GenerativeDecoder, loc: Tensor, log_scale: Tensor, num_samples: int, batch_size: int
 ) -> Tensor:
     """E_q[E[x | z]] by Monte Carlo, in chunks of points, (N, P)."""
     parts = []

@@ -17,9 +17,15 @@ from vi_lab import gaussian
 
 
 class Decoder(Protocol):
+    """What inference needs of a decoder (the networks in decoders.py offer more)."""
+
     latent_dim: int
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor: ...
+
+
+class GenerativeDecoder(Decoder, Protocol):
+    """A decoder that also decodes and scores pixel by pixel (sampling, imputation)."""
 
     def log_prob_pixels(self, x: Tensor, z: Tensor) -> Tensor: ...
 
