@@ -54,13 +54,12 @@ def evaluate_run(
     points = report.per_point()
     np.savez(out / "points.npz", **points)
     with SummaryWriter(str(run.run_dir)) as writer:
-        step = json.loads((run.run_dir / "metrics.json").read_text())["steps"]
         for key, _ in ROWS:
             if summary[key] is not None:
-                writer.add_scalar(f"eval/{config.split}/{key}", summary[key], step)
+                writer.add_scalar(f"eval/{config.split}/{key}", summary[key], run.step)
         for key in ("amortization_gap", "approximation_gap"):
             if key in points:
-                writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], step)
+                writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
     return summary
 
 

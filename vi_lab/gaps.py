@@ -122,13 +122,12 @@ def measure_gaps(
     num_samples = num_samples or config.num_samples
     budget = config.memory_budget_mb or memory_budget_mb(x.device)
     with torch.no_grad():
+        guess = posterior.guess(x)  # the encoder's q, or the prior for runs without one
+        elbo_amortized = chunked_elbo(decoder, x, *guess, config.batch_size) if posterior.amortized else None
         if config.init == RefineInit.prior:
             start = gaussian.standard_normal_params(x.shape[0], decoder.latent_dim, x.device)
         else:
-            start = posterior.guess(x)
-        elbo_amortized = None
-        if posterior.amortized:
-            elbo_amortized = chunked_elbo(decoder, x, *posterior.guess(x), config.batch_size)
+            start = guess
     refined = refine(decoder, x, *start, config.refine, config.batch_size, progress)
     started = time.perf_counter()
     with torch.no_grad():

@@ -25,6 +25,7 @@ class TrainedRun:
     data: Data
     model: LatentVariableModel
     device: torch.device
+    step: int  # decoder steps the checkpoint has taken: where evaluations are logged
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
@@ -39,4 +40,4 @@ def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
     model = build_model(config, data)
     model.load_state_dict(state["model"])
     model.to(target).eval()
-    return TrainedRun(run_dir, config, data, model, target)
+    return TrainedRun(run_dir, config, data, model, target, state["position"]["step"])

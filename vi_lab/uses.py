@@ -7,7 +7,6 @@ run's own TensorBoard folder at the run's last training step, through this modul
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,10 +43,8 @@ class Outputs:
 def open_outputs(run: TrainedRun) -> Iterator[Outputs]:
     folder = run.run_dir / FOLDER
     folder.mkdir(exist_ok=True)
-    metrics = run.run_dir / "metrics.json"
-    step = json.loads(metrics.read_text())["steps"] if metrics.is_file() else 0
     with SummaryWriter(str(run.run_dir)) as writer:
-        yield Outputs(folder, writer, step)
+        yield Outputs(folder, writer, run.step)
 
 
 def require_images(run: TrainedRun, command: str) -> tuple[int, int, int]:
