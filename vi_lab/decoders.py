@@ -73,19 +73,23 @@ class NeuralDecoder(nn.Module):
         loc, raw = params.unbind(-2)
         return loc, _LOG_MIN_SCALE + F.softplus(raw - _LOG_MIN_SCALE)
 
-    def log_prob_pixels(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x_j | z) for every pixel j: x (B, P), z (S, B, D) -> (S, B, P)."""
+    def _neg_log_prob_pixels(self, x: Tensor, z: Tensor) -> Tensor:
+        """-log p(x_j | z) for every pixel j, (S, B, P); negated by callers after any sum."""
         params = self._params(z)
         if self.likelihood == Likelihood.bernoulli:
             logits = params.squeeze(-2)  # (S, B, P)
-            return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+            return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
         loc, log_scale = self._loc_log_scale(params)  # (S, B, P) each
         standardized = (x - loc) * torch.exp(-log_scale)
-        return -(0.5 * (standardized.pow(2) + LOG_2PI) + log_scale)
+        return 0.5 * (standardized.pow(2) + LOG_2PI) + log_scale
+
+    def log_prob_pixels(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x_j | z) for every pixel j: x (B, P), z (S, B, D) -> (S, B, P)."""
+        return -self._neg_log_prob_pixels(x, z)
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z) summed over pixels: x (B, P), z (S, B, D) -> (S, B)."""
-        return self.log_prob_pixels(x, z).sum(-1)
+        return -self._neg_log_prob_pixels(x, z).sum(-1)  # negate B numbers, not B x P
 
     def mean(self, z: Tensor) -> Tensor:
         """E[x | z], shape (*z.shape[:-1], P)."""

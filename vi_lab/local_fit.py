@@ -1,7 +1,8 @@
 """Per-datapoint variational inference: fit (loc, log_scale) of many points at once.
 
-The decoder is frozen: gradients are taken with respect to the variational
-parameters only (`torch.autograd.grad`), so no decoder `.grad` is ever written.
+The decoder is frozen: the reparameterization gradient comes from
+`objectives.elbo_and_gradient` (autograd through the decoder with z as the only leaf,
+the Gaussian parts in closed form), so no decoder `.grad` is ever written.
 Every point (row) has its own Adam state (moments and step count), so a row can stop
 while others go on, and a row's next visit continues where its last one stopped
 (lecture 004's coordinate ascent; Cremer et al. 2018's test-time refinement).
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from vi_lab.config import LocalFitConfig
-from vi_lab.objectives import Decoder, elbo
+from vi_lab.objectives import Decoder, elbo_and_gradient
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
@@ -88,19 +89,16 @@ def fit_local(decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfi
     exp_avg, exp_avg_sq, step = rows.exp_avg.clone(), rows.exp_avg_sq.clone(), rows.step.clone()
     active = torch.ones(num_rows, device=x.device)  # (N,) 1 while a row is optimized, then 0
     stall = torch.zeros(num_rows, device=x.device)  # steps since the running average improved
-    steps_taken = torch.zeros(num_rows, device=x.device)
     lr = torch.full((num_rows,), config.lr, device=x.device)
     decays_left = torch.full((num_rows,), float(config.num_decays), device=x.device)
     warmup = math.ceil(1.0 / config.smoothing)  # steps before the running average means anything
 
     for t in range(config.max_steps):
-        with torch.enable_grad():
-            params.requires_grad_(True)
-            estimate = elbo(decoder, x, params[:, 0], params[:, 1], config.num_samples)["elbo"]  # (N,)
-            (grad,) = torch.autograd.grad(estimate.sum(), params)  # (N, 2, D)
-        params = params.detach()
-        estimate = estimate.detach()
         with torch.no_grad():
+            estimate, grad_loc, grad_log_scale = elbo_and_gradient(
+                decoder, x, params[:, 0], params[:, 1], config.num_samples
+            )  # (N,), (N, D), (N, D)
+            grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
             if t == 0:
                 first = average = estimate
             else:
@@ -117,21 +115,23 @@ def fit_local(decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfi
             step += active
             exp_avg.lerp_(grad, live * (1 - BETA1))
             exp_avg_sq.lerp_(grad.square_(), live * (1 - BETA2))
+            # Kingma & Ba (2015), Algorithm 1's efficient form: both bias corrections in the step size.
             count = step.clamp(min=1)
-            step_size = active * lr / (1 - torch.pow(BETA1, count))  # (N,)
-            denom = (exp_avg_sq.sqrt() / torch.sqrt(1 - torch.pow(BETA2, count))[:, None, None]).add_(EPS)
-            params.addcdiv_(exp_avg * step_size[:, None, None], denom)
-            steps_taken += active
+            step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
+            params.addcdiv_(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt().add_(EPS))  # (N, 2, D)
 
             if t >= warmup:
                 plateau = stall >= config.patience
-                stop = plateau & (decays_left == 0)
-                decay = plateau & ~stop
-                lr = torch.where(decay, lr * 0.5, lr)
-                decays_left -= decay.float()
-                stall.masked_fill_(decay, 0)
-                active.masked_fill_(stop, 0)
+                if config.num_decays == 0:
+                    active.masked_fill_(plateau, 0)
+                else:
+                    stop = plateau & (decays_left == 0)
+                    decay = plateau & ~stop
+                    lr = torch.where(decay, lr * 0.5, lr)
+                    decays_left -= decay.float()
+                    stall.masked_fill_(decay, 0)
+                    active.masked_fill_(stop, 0)
         if t >= warmup and not active.any():
             break
     state = RowState(params, exp_avg, exp_avg_sq, step)
-    return FitResult(state, first, average, steps_taken.long(), active.bool())
+    return FitResult(state, first, average, (step - rows.step).long(), active.bool())
