@@ -21,9 +21,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def memory_budget_mb(device: torch.device) -> float:
-    """Default size of one chunk of estimator work: small on a CPU (chunks that stay in
-    cache ran twice as fast as 512 MB ones), half the free memory on a GPU (large chunks
-    keep it busy)."""
+    """Default size of one chunk of estimator work: small on a CPU (IWAE-5000 on Fashion-MNIST
+    ran 8% faster in 64 MB chunks than in 512 MB ones, at an eighth of the memory), half the
+    free memory on a GPU (large chunks keep it busy)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return 0.5 * free / 2**20
