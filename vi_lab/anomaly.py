@@ -158,16 +158,17 @@ def outlier_scores(
 ) -> dict[str, Tensor]:
     """Per-point scores (N,), higher = more anomalous; see the module docstring."""
     decoder, posterior = model.decoder, model.posterior
+
+    def q_scores(loc: Tensor, log_scale: Tensor, suffix: str) -> dict[str, Tensor]:
+        neg_elbo = -chunked_elbo(decoder, x, loc, log_scale, config.batch_size, config.elbo_samples)
+        return {f"kl{suffix}": gaussian.kl_to_standard_normal(loc, log_scale), f"neg_elbo{suffix}": neg_elbo}
+
     loc, log_scale = posterior.infer(decoder, x)
-    scores = {
-        "kl": gaussian.kl_to_standard_normal(loc, log_scale),
-        "neg_elbo": -chunked_elbo(decoder, x, loc, log_scale, config.batch_size),
-    }
+    scores = q_scores(loc, log_scale, "")
     if config.refine:
         fit = refine(decoder, x, loc, log_scale, refine_config, config.batch_size)
         loc, log_scale = fit.loc, fit.log_scale
-        scores["kl_refined"] = gaussian.kl_to_standard_normal(loc, log_scale)
-        scores["neg_elbo_refined"] = -chunked_elbo(decoder, x, loc, log_scale, config.batch_size)
+        scores.update(q_scores(loc, log_scale, "_refined"))
     log_px = iwae_log_marginal(decoder, x, loc, log_scale, config.num_samples, config.memory_budget_mb)
     scores["neg_log_px"] = -log_px
     return scores

@@ -26,21 +26,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vi_lab import gaussian
 from vi_lab.board import write_json
 from vi_lab.config import ConfigError, override
 from vi_lab.marginal import bytes_per_pair
-from vi_lab.objectives import Decoder
+from vi_lab.objectives import Decoder, elbo_and_gradient
 from vi_lab.runs import load_run
 from vi_lab.uses import open_outputs
 
 GROUPS = ("loc", "log_scale")
 BASELINES = ("none", "loo")
 ESTIMATORS = ("reparameterization", "score_function", "score_function_loo")
-
-
-def _kl_gradient(loc: Tensor, log_scale: Tensor) -> dict[str, Tensor]:
-    """∇ KL(q || N(0, I)) per point, each (B, D)."""
-    return {"loc": loc, "log_scale": torch.exp(2.0 * log_scale) - 1.0}
 
 
 def _draw(loc: Tensor, log_scale: Tensor, num_samples: int, num_repeats: int) -> tuple[Tensor, Tensor]:
@@ -52,18 +48,15 @@ def _draw(loc: Tensor, log_scale: Tensor, num_samples: int, num_repeats: int) ->
 def reparameterization_gradient(
     decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, num_samples: int = 1, num_repeats: int = 1
 ) -> dict[str, Tensor]:
-    """R independent reparameterization estimates of ∇ ELBO per point: {"loc", "log_scale"}, (R, B, D)."""
-    loc, log_scale = loc.detach(), log_scale.detach()
-    eps, z = _draw(loc, log_scale, num_samples, num_repeats)
-    with torch.enable_grad():
-        z = z.flatten(0, 1).requires_grad_(True)  # (R M, B, D)
-        # f(z_{s,b}) depends on z_{s,b} alone, so one backward pass gives every per-sample gradient.
-        (grad_z,) = torch.autograd.grad(decoder.log_prob(x, z).sum(), z)
-    grad_z = grad_z.view(num_repeats, num_samples, *loc.shape)  # (R, M, B, D)
-    kl = _kl_gradient(loc, log_scale)
+    """R independent reparameterization estimates of ∇ ELBO per point: {"loc", "log_scale"}, (R, B, D).
+
+    `objectives.elbo_and_gradient` (the inner loop's gradient) on R copies of the batch.
+    """
+    copies = [t.detach().repeat(num_repeats, 1) for t in (x, loc, log_scale)]  # (R B, .) each
+    _, grad_loc, grad_log_scale = elbo_and_gradient(decoder, *copies, num_samples)
     return {
-        "loc": grad_z.mean(1) - kl["loc"],
-        "log_scale": (grad_z * eps * log_scale.exp()).mean(1) - kl["log_scale"],
+        "loc": grad_loc.view(num_repeats, *loc.shape),
+        "log_scale": grad_log_scale.view(num_repeats, *loc.shape),
     }
 
 
@@ -87,10 +80,10 @@ def score_function_gradient(
         f = decoder.log_prob(x, z.flatten(0, 1)).view(num_repeats, num_samples, -1, 1)  # (R, M, B, 1)
     if baseline == "loo":
         f = f - (f.sum(1, keepdim=True) - f) / (num_samples - 1)
-    kl = _kl_gradient(loc, log_scale)
+    kl_loc, kl_log_scale = gaussian.kl_to_standard_normal_gradient(loc, log_scale)
     return {
-        "loc": (f * eps * torch.exp(-log_scale)).mean(1) - kl["loc"],
-        "log_scale": (f * (eps.square() - 1.0)).mean(1) - kl["log_scale"],
+        "loc": (f * eps * torch.exp(-log_scale)).mean(1) - kl_loc,
+        "log_scale": (f * (eps.square() - 1.0)).mean(1) - kl_log_scale,
     }
 
 

@@ -72,7 +72,7 @@ class GapReport:
         ):
             value = points.get(name)
             result[name] = None if value is None else float(value.mean())
-            result[f"{name}_se"] = None if value is None else _standard_error(value)
+            result[f"{name}_se"] = None if value is None else standard_error(value)
         result.update(
             num_points=int(self.elbo_refined.shape[0]),
             estimator=self.estimator,
@@ -86,21 +86,29 @@ class GapReport:
         return result
 
 
-def _standard_error(values: np.ndarray) -> float:
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of per-point values (NaN for fewer than two)."""
     if values.shape[0] < 2:
         return math.nan
     return float(values.std(ddof=1) / math.sqrt(values.shape[0]))
 
 
-def chunked_elbo(decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, batch_size: int) -> Tensor:
-    """Per-point ELBO with ELBO_SAMPLES samples, in chunks of points, (N,)."""
+def chunked_elbo(
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    batch_size: int,
+    num_samples: int = ELBO_SAMPLES,
+) -> Tensor:
+    """Per-point ELBO with `num_samples` Monte Carlo samples, in chunks of points, (N,)."""
     parts = [
         elbo(
             decoder,
             x[i : i + batch_size],
             loc[i : i + batch_size],
             log_scale[i : i + batch_size],
-            ELBO_SAMPLES,
+            num_samples,
         )["elbo"]
         for i in range(0, x.shape[0], batch_size)
     ]

@@ -37,6 +37,11 @@ def kl_to_standard_normal(loc: Tensor, log_scale: Tensor) -> Tensor:
     return 0.5 * (loc.pow(2) + torch.exp(2.0 * log_scale) - 1.0 - 2.0 * log_scale).sum(-1)
 
 
+def kl_to_standard_normal_gradient(loc: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(d/dloc, d/dlog_scale) of `kl_to_standard_normal`, each (..., D)."""
+    return loc, torch.exp(2.0 * log_scale) - 1.0
+
+
 def entropy(log_scale: Tensor) -> Tensor:
     """Differential entropy of a diagonal Gaussian, summed over the last dim."""
     return (log_scale + 0.5 * (1.0 + LOG_2PI)).sum(-1)

@@ -28,6 +28,7 @@ from torch import Tensor
 from vi_lab import gaussian
 from vi_lab.board import image_grid, write_json
 from vi_lab.config import override, require
+from vi_lab.gaps import standard_error
 from vi_lab.objectives import GenerativeDecoder
 from vi_lab.refine import refine
 from vi_lab.runs import load_run
@@ -136,8 +137,7 @@ class ImputeConfig:
 
 
 def _mean_se(values: Tensor) -> tuple[float, float]:
-    se = values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else math.nan
-    return values.mean().item(), se
+    return values.mean().item(), standard_error(values.cpu().numpy())
 
 
 def impute_run(run_dir: str | Path, mask: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def elbo_and_gradient(
         recon = decoder.log_prob(x, z)  # (S, B)
         (grad_z,) = torch.autograd.grad(recon.sum(), z)
     kl = gaussian.kl_to_standard_normal(loc, log_scale)
-    grad_loc = grad_z.mean(0) - loc
-    grad_log_scale = (grad_z * eps).mean(0) * scale - (scale.square() - 1.0)
+    kl_loc, kl_log_scale = gaussian.kl_to_standard_normal_gradient(loc, log_scale)
+    grad_loc = grad_z.mean(0) - kl_loc
+    grad_log_scale = (grad_z * eps).mean(0) * scale - kl_log_scale
     return recon.detach().mean(0) - kl, grad_loc, grad_log_scale
