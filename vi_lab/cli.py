@@ -150,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="STUDY_CONFIG", help="study file, e.g. configs/study/smoke.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n_trials=10 root=/tmp/studies")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (journal file storage)")
-    p.add_argument("--storage", metavar="URL", help="shared database, e.g. postgresql://user:pass@host/db")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="shared database, e.g. postgresql+psycopg://user@host/db (default: $VI_LAB_STORAGE, which "
+        "keeps a password out of ps and shell history)",
+    )
     p.add_argument("--summary", action="store_true", help="only print best trials, trial table, importances")
     p.set_defaults(handler=_study)
     _add_uses_commands(commands)

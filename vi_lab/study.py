@@ -3,22 +3,31 @@
 Every trial is an ordinary run of `train(config, run_dir)` in {root}/{name}/trial_{number:04d}/,
 its suggested values applied to the base config with `override` and written as the run's
 TensorBoard hparams, so TensorBoard's HParams tab compares the trials. The objective is
-reported after every epoch, so a pruner can stop a hopeless trial early.
+reported after every epoch, so a pruner can stop a hopeless trial early. Where a study is
+stored, and how many workers open it at once, is `study_storage.py`.
 
-Storage. One process: a SQLite file, study.db, in the study folder. `workers > 1`: spawned
-worker processes share a journal file, journal.log (Optuna's JournalFileBackend). A
-PostgreSQL/MySQL URL lets workers on several machines share one study.
+The target. `n_trials` is the study's target, not a per-invocation count: the study is done
+when it holds `n_trials` complete or pruned trials. Every worker, on any machine, runs trials
+until the complete + pruned + running trials reach the target (Optuna's MaxTrialsCallback
+with those states); a trial that starts after its predecessors already fill the target
+(two workers deciding at once) is failed unrun with user attr `surplus`, so the target is
+met exactly. A trial that fails with an error (user attr `error`, e.g. a NaN loss) does not
+count and is replaced by a new one; a worker gives up after `n_trials` such failures, so a
+study whose every trial fails still ends. Re-running the same command runs
+only what is missing; raise `n_trials=` to extend a study.
 
-Resuming. `n_trials` is the study's target, not a per-invocation count: a trial counts once
-it is complete, pruned, or failed with an error (user attr `error`). Re-running the same
-command runs only what is missing, so an interrupted study resumes and a finished one does
-nothing; raise `n_trials=` to extend it. A trial stopped from outside (Ctrl-C, a killed
-worker) is FAIL without an `error` attr, does not count, and so is replaced on resume.
+Parameters per worker. Trial n draws from its own sampler stream, seeded by (sampler.seed, n)
+(`TrialSeededSampler`). Trial numbers are unique within a study on every storage, so workers
+on any number of machines never draw the same stream, while one process with a fixed seed
+draws the same parameters for the same history, resumed or not.
 
-Stale trials. A worker killed mid-trial leaves it RUNNING. On RDB storages Optuna's heartbeat
-fails it once it is stale (`fail_stale_trials`, run before every trial). On every storage,
-each invocation also fails the RUNNING trials whose worker (host and pid, recorded as user
-attrs) is on this machine and no longer alive; trials of live workers elsewhere are left alone.
+Dead workers. A worker killed mid-trial leaves it RUNNING, and it counts toward the target
+until it is reclaimed: failed, and its parameters queued to run again (Optuna's
+RetryHeartbeatStaleTrialCallback, formerly RetryFailedTrialCallback), with a printed line.
+On database storages any worker reclaims a trial whose heartbeat has been silent for
+`heartbeat.grace_period` seconds (checked before every trial); on every storage, each
+invocation reclaims at once the RUNNING trials whose worker (host and pid, recorded as user
+attrs) is on this machine and no longer alive.
 """
 
 from __future__ import annotations
@@ -28,17 +37,14 @@ import multiprocessing
 import os
 import socket
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy.engine
-import sqlalchemy.exc
 import torch
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from vi_lab.config import Config, override
@@ -56,117 +62,55 @@ from vi_lab.study_config import (
     save_study_config,
     trial_overrides,
 )
+from vi_lab.study_storage import StorageLocation, in_study_dir, resolve_storage
 from vi_lab.training import train
 
-SQLITE_FILE = "study.db"
-JOURNAL_FILE = "journal.log"
-HEARTBEAT_SECONDS = 60  # RDB storages: a RUNNING trial silent for GRACE_SECONDS is failed
-GRACE_SECONDS = 180
-RDB_BACKENDS = ("sqlite", "postgresql", "mysql")
+TARGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # what n_trials counts
 
 
 class StudyWorkerError(RuntimeError):
     """A worker process died; its trial is marked failed and re-running the command resumes."""
 
 
-@dataclass(frozen=True)
-class StorageLocation:
-    """Where a study lives: an RDB URL or a journal file. Picklable, for spawned workers."""
-
-    url: str | None = None
-    journal: str | None = None
-
-    def open(self) -> BaseStorage:
-        if self.journal is not None:
-            return JournalStorage(JournalFileBackend(self.journal))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(self.url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
-        except ImportError as error:
-            raise ValueError(
-                f"storage {self.describe()}: {error}. Install the database driver, e.g. "
-                "`pip install psycopg2-binary` (postgresql://) or `pip install pymysql` (mysql+pymysql://)"
-            ) from None
-
-    def describe(self) -> str:
-        """The location with any password replaced by ***: safe for logs."""
-        if self.journal is not None:
-            return f"journal file {self.journal}"
-        return sqlalchemy.engine.make_url(self.url).render_as_string(hide_password=True)
-
-    def dashboard_command(self) -> str:
-        target = self.journal if self.journal is not None else self.describe()
-        return f"optuna-dashboard '{target}'"
-
-
-def resolve_storage(
-    config: StudyConfig, storage: str | None, workers: int, *, existing: bool = False
-) -> StorageLocation:
-    """`storage` (a database URL) if given, else the study folder's journal or SQLite file.
-
-    A study folder holds one of the two: whichever exists is used, so a study started
-    with `--workers` resumes in its journal. `existing=True` requires that it exists.
-    """
-    if storage:
-        try:
-            backend = sqlalchemy.engine.make_url(storage).get_backend_name()
-        except sqlalchemy.exc.ArgumentError:
-            raise ValueError(
-                f"--storage {storage!r} is not a database URL (e.g. postgresql://user@host/db)"
-            ) from None
-        if backend not in RDB_BACKENDS:
-            raise ValueError(
-                f"--storage: {backend!r} databases are not supported; use one of {list(RDB_BACKENDS)}"
-            )
-        return StorageLocation(url=storage)
-    study_dir = config.study_dir.resolve()
-    journal, sqlite = study_dir / JOURNAL_FILE, study_dir / SQLITE_FILE
-    if journal.is_file():
-        return StorageLocation(journal=str(journal))
-    if sqlite.is_file():
-        if workers > 1:
-            raise ValueError(
-                f"{sqlite} was started by one process (SQLite); run it without --workers, "
-                "or pass --storage with a PostgreSQL/MySQL URL for parallel workers"
-            )
-        return StorageLocation(url=f"sqlite:///{sqlite}")
-    if existing:
-        raise FileNotFoundError(f"no study in {study_dir}: run `vi-lab study` with this config first")
-    return (
-        StorageLocation(journal=str(journal)) if workers > 1 else StorageLocation(url=f"sqlite:///{sqlite}")
-    )
+class TargetReached(RuntimeError):
+    """A trial created after the study already had n_trials done, running or queued: not run."""
 
 
 def open_study(
-    config: StudyConfig, location: StorageLocation, *, sampler_seed: int | None = None, create: bool = False
+    config: StudyConfig,
+    location: StorageLocation,
+    *,
+    create: bool = False,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> optuna.Study:
-    """Load the study (or create it, `create=True`) with the config's sampler and pruner."""
-    kwargs: dict[str, Any] = {
-        "study_name": config.name,
-        "storage": location.open(),
-        "sampler": build_sampler(
-            config.sampler, config.sampler.seed if sampler_seed is None else sampler_seed
-        ),
-        "pruner": build_pruner(config.pruner, base_config(config).train.epochs),
-    }
-    if not create:
-        try:
-            return optuna.load_study(**kwargs)
-        except KeyError:
-            raise FileNotFoundError(f"no study named {config.name!r} in {location.describe()}") from None
-    study = optuna.create_study(directions=config.directions, load_if_exists=True, **kwargs)
-    stored = [d.name.lower() for d in study.directions]
-    if stored != config.directions:
-        raise ValueError(
-            f"study {config.name!r} in {location.describe()} optimizes {stored}, the config asks for "
-            f"{config.directions}: change `name` to start a new study"
-        )
-    if not study.metric_names:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([o.metric for o in config.objectives])
-    return study
+    """Load the study (or create it, `create=True`) with the config's sampler and pruner.
+
+    `on_stale` is called for each trial that the heartbeat finds stale (database storages).
+    """
+    with location.setting_up():
+        kwargs: dict[str, Any] = {
+            "study_name": config.name,
+            "storage": location.open(config.heartbeat, on_stale),
+            "sampler": TrialSeededSampler(config.sampler),
+            "pruner": build_pruner(config.pruner, base_config(config).train.epochs),
+        }
+        if not create:
+            try:
+                return optuna.load_study(**kwargs)
+            except KeyError:
+                raise FileNotFoundError(f"no study named {config.name!r} in {location.describe()}") from None
+        study = optuna.create_study(directions=config.directions, load_if_exists=True, **kwargs)
+        stored = [d.name.lower() for d in study.directions]
+        if stored != config.directions:
+            raise ValueError(
+                f"study {config.name!r} in {location.describe()} optimizes {stored}, the config asks for "
+                f"{config.directions}: change `name` to start a new study"
+            )
+        if not study.metric_names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([o.metric for o in config.objectives])
+        return study
 
 
 def build_sampler(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -175,6 +119,66 @@ def build_sampler(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampl
     if config.kind == SamplerKind.nsgaii:
         return optuna.samplers.NSGAIISampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """The configured sampler, made afresh for each trial with the seed (sampler.seed, trial number).
+
+    Optuna's samplers keep their random state per process, so processes given equal seeds
+    draw equal parameters. Trial numbers are unique within a study on every storage, so
+    seeding by them gives every trial its own stream on any number of machines, and the
+    same stream whenever the same trial number is drawn again with the same seed. The
+    samplers read the study's history from the storage, which is all they share across trials.
+    """
+
+    def __init__(self, config: SamplerConfig) -> None:
+        self._config = config
+        self._samplers: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._samplers:
+            seed = int(np.random.SeedSequence([self._config.seed, trial.number]).generate_state(1)[0])
+            self._samplers[trial.number] = build_sampler(self._config, seed)
+        return self._samplers[trial.number]
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        search_space: dict[str, optuna.distributions.BaseDistribution],
+    ) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        sampler = self._for(trial)
+        del self._samplers[trial.number]
+        sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Nothing to reseed: every trial's stream is fixed by its number."""
 
 
 def build_pruner(config: PrunerConfig, epochs: int) -> optuna.pruners.BasePruner:
@@ -228,6 +232,10 @@ def make_objective(
         run_dir = config.study_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", os.getpid())
+        if num_ahead(trial.study, trial.number) >= config.n_trials:
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise TargetReached(f"not run: {config.n_trials} trials were done, running or queued before it")
         trial.set_user_attr("run_dir", str(run_dir))
         params = suggest(trial, config.space)
 
@@ -263,36 +271,60 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def counts_toward_target(trial: FrozenTrial) -> bool:
-    """Complete, pruned, or failed with an error; not a trial stopped from outside."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and "error" in trial.user_attrs
+def num_toward_target(study: optuna.Study) -> int:
+    """Trials that count toward n_trials: complete, pruned, or running now."""
+    return len(study.get_trials(deepcopy=False, states=TARGET_STATES))
 
 
-def num_taken(study: optuna.Study) -> int:
-    """Trials that count toward n_trials, plus those running now."""
-    trials = study.get_trials(deepcopy=False)
-    return sum(counts_toward_target(t) or t.state == TrialState.RUNNING for t in trials)
+def num_ahead(study: optuna.Study, number: int) -> int:
+    """Trials before trial `number` that count toward n_trials or are queued to run."""
+    trials = study.get_trials(deepcopy=False, states=(*TARGET_STATES, TrialState.WAITING))
+    return sum(t.number < number for t in trials)
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose worker is dead: heartbeat-stale (RDB), or a gone pid on this host.
+def reclaimer(config: StudyConfig, verbose: bool) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Called with each trial failed because its worker died: queue its parameters again, and say so."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=config.heartbeat.max_retry)
 
-    Returns the numbers of the trials failed by the pid check. Our own pid counts as gone:
-    a fresh invocation is running no trial yet.
+    silent = f"sent no heartbeat for {config.heartbeat.grace_period} s"
+
+    def reclaim(study: optuna.Study, trial: FrozenTrial, why: str = silent) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry(study, trial)
+            retries = len(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+        fate = (
+            "its parameters are queued to run again"
+            if retries < config.heartbeat.max_retry
+            else f"not retried again: it ran {retries + 1} times (heartbeat.max_retry)"
+        )
+        host, pid = trial.user_attrs.get("host", "?"), trial.user_attrs.get("pid", "?")
+        _say(verbose, f"reclaimed trial {trial.number:04d}: its worker ({host} pid {pid}) {why}; {fate}")
+
+    return reclaim
+
+
+def fail_stale_trials(study: optuna.Study, reclaim: Callable[[optuna.Study, FrozenTrial], None]) -> None:
+    """Reclaim RUNNING trials whose worker is dead: heartbeat-stale (RDB), or a gone pid on this host.
+
+    The heartbeat check calls the storage's stale-trial callback (`reclaim`); the pid check
+    calls `reclaim` itself. Our own pid counts as gone: a fresh invocation runs no trial yet.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    host, failed = socket.gethostname(), []
+    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
         if trial.user_attrs.get("host") != host or pid is None or (pid != os.getpid() and _alive(pid)):
             continue
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        failed.append(trial.number)
-    return failed
+        try:
+            failed = study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker reclaimed it first
+        reclaim(study, failed, "is no longer running on this machine")
 
 
 def _alive(pid: int) -> bool:
@@ -303,11 +335,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
-
-
-def _sampler_seed(seed: int, num_trials: int, worker: int) -> int:
-    """A fresh stream per invocation and worker, so a resumed study does not repeat its first draws."""
-    return int(np.random.SeedSequence([seed, num_trials, worker]).generate_state(1)[0])
 
 
 def _say(verbose: bool, message: str) -> None:
@@ -326,31 +353,29 @@ def _trial_line(config: StudyConfig, trial: FrozenTrial) -> str:
     return f"trial {trial.number:04d} {state}: {detail} | {params} ({_seconds(trial):.1f} s)"
 
 
-def work(
-    config: StudyConfig,
-    location: StorageLocation,
-    share: int,
-    seed: int,
-    num_threads: int | None,
-    verbose: bool,
-) -> None:
-    """One worker: run up to `share` trials, stopping early once the study has reached n_trials.
+def work(config: StudyConfig, location: StorageLocation, num_threads: int | None, verbose: bool) -> None:
+    """One worker: run trials until the study holds n_trials (on every machine together).
 
     Module-level so that spawned processes can import it.
     """
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(config, location, sampler_seed=seed)
+    study = open_study(config, location, on_stale=reclaimer(config, verbose))
+    if num_toward_target(study) >= config.n_trials:
+        return  # other workers have filled the study
     objective = make_objective(config, base_config(config), progress=num_threads is None)
+
+    errors = []
 
     def log(study: optuna.Study, trial: FrozenTrial) -> None:
         _say(verbose, _trial_line(config, trial))
+        errors.extend([trial.number] if "error" in trial.user_attrs else [])
+        if len(errors) >= config.n_trials:
+            study.stop()  # every trial fails: give up rather than loop
 
-    for _ in range(share):
-        if num_taken(study) >= config.n_trials:
-            break  # other machines have filled the study
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[log])
+    target = MaxTrialsCallback(config.n_trials, states=TARGET_STATES)
+    study.optimize(objective, catch=(Exception,), callbacks=[log, target])
 
 
 def run_study(
@@ -359,43 +384,39 @@ def run_study(
     """Create or resume the study and run trials until it holds `n_trials` that count.
 
     `workers > 1` spawns that many processes (torch threads split between them) on a
-    journal file, or on `storage` when a database URL is given.
+    journal file, or on the database when one is given (`storage`, or $VI_LAB_STORAGE).
+    A storage that cannot be opened raises StorageError and leaves no study folder behind.
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, not {workers}")
-    config.study_dir.mkdir(parents=True, exist_ok=True)
     location = resolve_storage(config, storage, workers)
+    if in_study_dir(location, config):
+        config.study_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(config, location, create=True)
+    reclaim = reclaimer(config, verbose)
+    study = open_study(config, location, create=True, on_stale=reclaim)
+    config.study_dir.mkdir(parents=True, exist_ok=True)
     save_study_config(config, config.study_dir / "study.yaml")
-    stale = fail_stale_trials(study)
-    if stale:
-        _say(verbose, f"marked trials {stale} failed: their worker on this machine is gone")
-    taken = num_taken(study)
-    remaining = config.n_trials - taken
+    fail_stale_trials(study, reclaim)
+    counted = num_toward_target(study)
     _say(
         verbose,
-        f"study {config.name} ({location.describe()}): {taken} of {config.n_trials} trials done or running",
+        f"study {config.name} ({location.describe()}): {counted} of {config.n_trials} trials done or running",
     )
+    remaining = config.n_trials - counted
     if remaining <= 0:
         return study
-    num_trials = len(study.trials)
-    shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
     if workers == 1:
-        work(config, location, remaining, _sampler_seed(config.sampler.seed, num_trials, 0), None, verbose)
-    else:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cpus // workers)
-        _say(verbose, f"{workers} workers, {threads} torch thread(s) each, on {location.describe()}")
-        jobs = [
-            (config, location, share, _sampler_seed(config.sampler.seed, num_trials, i), threads, verbose)
-            for i, share in enumerate(shares)
-            if share > 0
-        ]
-        try:
-            _spawn(jobs)
-        finally:
-            fail_stale_trials(study)  # the trials of workers that died are not left RUNNING
+        work(config, location, None, verbose)
+        return study
+    workers = min(workers, remaining)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cpus // workers)
+    _say(verbose, f"{workers} workers, {threads} torch thread(s) each, on {location.describe()}")
+    try:
+        _spawn([(config, location, threads, verbose)] * workers)
+    finally:
+        fail_stale_trials(study, reclaim)  # the trials of workers that died are not left RUNNING
     return study
 
 
@@ -434,6 +455,8 @@ def _seconds(trial: FrozenTrial) -> float:
 def _note(trial: FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
         return f"pruned after epoch {trial.last_step}" if trial.last_step is not None else "pruned"
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("surplus"):
+        return "not run: the study had reached n_trials when it started"
     if trial.state == TrialState.FAIL:
         return trial.user_attrs.get("error", "interrupted (stopped from outside; replaced on resume)")
     if trial.state == TrialState.RUNNING:
@@ -473,7 +496,7 @@ def summarize_study(config: StudyConfig, *, storage: str | None = None) -> str:
     lines = [
         f"study {config.name} ({location.describe()}): {len(trials)} trials, "
         + ", ".join(f"{n} {s.name.lower()}" for s, n in states.items() if n)
-        + f"; {sum(map(counts_toward_target, trials))} of n_trials={config.n_trials} done",
+        + f"; {states[TrialState.COMPLETE] + states[TrialState.PRUNED]} of n_trials={config.n_trials} done",
         "objectives: " + ", ".join(f"{o.metric} ({o.direction.value})" for o in config.objectives),
         "",
     ]

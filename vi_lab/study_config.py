@@ -128,7 +128,7 @@ class ObjectiveSpec:
 @dataclass
 class SamplerConfig:
     kind: SamplerKind = SamplerKind.tpe
-    seed: int = 0  # each invocation and worker draws from its own stream derived from it
+    seed: int = 0  # trial n draws from the stream seeded by (seed, n): distinct across workers
     n_startup_trials: int = 10  # TPE: random trials before the model takes over
 
     def check(self) -> None:
@@ -153,15 +153,39 @@ class PrunerConfig:
 
 
 @dataclass
+class HeartbeatConfig:
+    """Database storages: how a trial whose worker died is found and run again.
+
+    Optuna's heartbeat (RDBStorage `heartbeat_interval`, `grace_period`): a RUNNING trial
+    whose worker has been silent for `grace_period` seconds is failed by the next worker that
+    starts a trial, and its parameters are queued to run again (RetryHeartbeatStaleTrialCallback).
+    """
+
+    interval: int = 60  # seconds between a running trial's heartbeats
+    grace_period: int = 180  # seconds of silence after which a RUNNING trial is reclaimed
+    max_retry: int = 2  # times one trial's parameters are queued again
+
+    def check(self) -> None:
+        require(self.interval > 0, "interval", "must be positive")
+        require(
+            self.grace_period > self.interval,
+            "grace_period",
+            f"must exceed interval ({self.interval}), or live trials are reclaimed",
+        )
+        require(self.max_retry >= 0, "max_retry", "must be >= 0")
+
+
+@dataclass
 class StudyConfig:
     name: str | None = None  # default: the study file's stem
     base: str = ""  # train config; a relative path is looked up beside the study file, then in the cwd
     overrides: dict[str, Any] = field(default_factory=dict)  # partial train config merged over `base`
     space: dict[str, ParamSpec] = field(default_factory=dict)  # dotted train-config key -> range
     objectives: list[ObjectiveSpec] = field(default_factory=lambda: [ObjectiveSpec()])
-    n_trials: int = 20  # the study's target: trials that finished (complete, pruned, failed with an error)
+    n_trials: int = 20  # the study's target: complete or pruned trials (see vi_lab/study.py)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     root: str = "runs/studies"  # the study folder is {root}/{name}
 
     def check(self) -> None:
