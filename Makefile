@@ -6,11 +6,11 @@ DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_TRAIN ?= train.epochs=10
 DEMO_EVAL ?= num_points=500
 
-.PHONY: install data demo test lint bench
+.PHONY: install data postgres demo test lint bench
 
 install:
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,postgres]'
 
 # Fashion-MNIST: the Debian package where we may install it, else the official files into ~/.cache.
 data: install
@@ -30,7 +30,18 @@ demo: data
 	vi-lab evaluate $(DEMO_DIR)/local $(DEMO_EVAL)
 	vi-lab compare $(DEMO_DIR)/amortized $(DEMO_DIR)/local
 
-test: data
+# PostgreSQL server binaries for the study tests (a throwaway server on a temporary folder):
+# Debian's package where we may install it; the tests say why they skip where it is missing.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		echo "PostgreSQL found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+		echo "PostgreSQL not installed and not root: the PostgreSQL study tests will skip"; \
+	fi
+
+test: data postgres
 	$(PYTHON) -m pytest -q
 
 lint:

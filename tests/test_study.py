@@ -9,26 +9,36 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from postgres import PASSWORD, find_bin_dir, free_port, postgres_server
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from vi_lab import study as study_module
 from vi_lab.cli import main
 from vi_lab.config import ConfigError, load_config
-from vi_lab.study import StorageLocation, open_study, resolve_storage, run_study, summarize_study
+from vi_lab.study import open_study, run_study, summarize_study
 from vi_lab.study_config import load_study_config
+from vi_lab.study_storage import STORAGE_ENV, StorageLocation, resolve_storage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMOKE = CONFIGS / "study" / "smoke.yaml"
 TINY = ["overrides.data.synthetic.num_points=700", "overrides.train.epochs=2"]
+
+
+@pytest.fixture(autouse=True)
+def no_storage_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -166,11 +176,11 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(
         return real_train(config, run_dir, **kwargs)
 
     monkeypatch.setattr(study_module, "train", flaky_train)
-    config = smoke_config(tmp_path)
+    config = smoke_config(tmp_path, "pruner.kind=none")
     trials = run_study(config, verbose=False).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, *[TrialState.COMPLETE] * 2]
     assert trials[1].user_attrs["error"] == "RuntimeError: boom in trial 1"
-    assert len(run_study(config, verbose=False).trials) == 3  # a failed trial counts toward n_trials
+    assert len(run_study(config, verbose=False).trials) == 4  # a failed trial is replaced, once
     assert "RuntimeError: boom in trial 1" in summarize_study(config)
 
 
@@ -307,3 +317,167 @@ def test_storage_urls_are_checked_and_passwords_redacted(tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError, match="no study"):
         summarize_study(config)
     assert main(["study", str(SMOKE), f"root={tmp_path}", "--summary"]) == 2
+
+
+def test_storage_from_the_environment_keeps_the_password_out_of_printed_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = smoke_config(tmp_path)
+    url = "postgresql+psycopg://bob:s3cr3t@db.lab:5432/vi"
+    assert resolve_storage(config, url, 1).dashboard_command() == f'optuna-dashboard "${STORAGE_ENV}"  ' + (
+        f"(with {STORAGE_ENV} set to the --storage URL)"
+    )
+    assert resolve_storage(config, "postgresql://bob@db.lab/vi", 1).dashboard_command() == (
+        "optuna-dashboard 'postgresql://bob@db.lab/vi'"  # no password: pasteable as it is
+    )
+    monkeypatch.setenv(STORAGE_ENV, url)
+    location = resolve_storage(config, None, 1)
+    assert location.url == url and location.env == STORAGE_ENV
+    assert location.dashboard_command() == f'optuna-dashboard "${STORAGE_ENV}"'
+    assert "s3cr3t" not in location.describe() and location.describe().endswith(f"(from ${STORAGE_ENV})")
+    assert resolve_storage(config, "sqlite:///other.db", 1).url == "sqlite:///other.db"  # --storage wins
+    monkeypatch.setenv(STORAGE_ENV, "not a url")
+    with pytest.raises(ValueError, match=rf"\${STORAGE_ENV} \(not shown\) is not a database URL"):
+        resolve_storage(config, None, 1)
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [
+        f"postgresql+psycopg://vi:{PASSWORD}@127.0.0.1:{free_port()}/postgres",  # nothing listens there
+        "sqlite:///{tmp}/no/such/folder/study.db",
+    ],
+    ids=["wrong-port", "missing-sqlite-folder"],
+)
+def test_unreachable_storage_is_one_line_and_exit_2_leaving_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture, storage: str
+) -> None:
+    storage = storage.format(tmp=tmp_path)
+    root = tmp_path / "studies"
+    assert main(["study", str(SMOKE), f"root={root}", *TINY, "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vi-lab study: error: cannot open storage ") and err.count("\n") == 1, err
+    assert PASSWORD not in err
+    assert not root.exists()  # no empty study folder left behind
+
+
+def test_processes_with_one_seed_draw_distinct_parameters_and_replay_them(tmp_path: Path) -> None:
+    """Two Study objects on one storage stand for two processes that start together."""
+    config = smoke_config(tmp_path, "sampler.kind=random")
+    location = resolve_storage(config, None, 2)
+    config.study_dir.mkdir(parents=True)
+    first, second = (open_study(config, location, create=True) for _ in range(2))
+    trials = [study.ask() for _ in range(3) for study in (first, second)]
+    drawn = [study_module.suggest(trial, config.space) for trial in trials]
+    assert len({json.dumps(d, sort_keys=True) for d in drawn}) == 6
+    again = smoke_config(tmp_path, "sampler.kind=random", "name=again")
+    again.study_dir.mkdir()
+    replay = open_study(again, resolve_storage(again, None, 2), create=True)
+    assert [study_module.suggest(replay.ask(), again.space) for _ in range(6)] == drawn  # same seed
+
+
+def _study_command(root: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "vi_lab.cli", "study", str(SMOKE), f"root={root}", *TINY, *overrides]
+
+
+def _run_together(commands: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """Start the commands at once; wait for all."""
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    processes = [subprocess.Popen(command, **pipes) for command in commands]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, *out)
+        for p, out in zip(processes, outputs, strict=True)
+    ]
+
+
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    """This checkout first on the path; one torch thread per process (two cores, several processes)."""
+    path = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _check_target_met_exactly(study: optuna.Study, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """n_trials complete with distinct parameters, nothing left running or queued, no failure but surplus."""
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n_trials, [(t.number, t.state.name) for t in trials]
+    assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == n_trials  # no duplicates
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]  # none lost
+    assert [t.number for t in trials] == list(range(len(trials)))
+    return trials
+
+
+@pytest.mark.slow
+def test_two_invocations_on_one_journal_draw_distinct_parameters_and_meet_the_target(tmp_path: Path) -> None:
+    n_trials = 4
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "journal.log").touch()  # the study folder's storage: a journal file
+    command = _study_command(tmp_path, f"n_trials={n_trials}", "pruner.kind=none")
+    runs = _run_together([command, command], _subprocess_env())
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    config = smoke_config(tmp_path)
+    assert resolve_storage(config, None, 1).journal is not None
+    trials = _check_target_met_exactly(load(config), n_trials)
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    bin_dir, why = find_bin_dir()
+    if bin_dir is None:
+        print(f"\nskipping the PostgreSQL tests: {why}")
+        pytest.skip(why)
+    with postgres_server(bin_dir) as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_unreachable_password_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, postgres_url: str
+) -> None:
+    wrong = postgres_url.replace(PASSWORD, "wrong-password")
+    assert main(["study", str(SMOKE), f"root={tmp_path / 'studies'}", *TINY, "--storage", wrong]) == 2
+    err = capsys.readouterr().err
+    assert "password authentication failed" in err and err.count("\n") == 1 and "wrong-password" not in err
+    assert not (tmp_path / "studies").exists()
+
+
+@pytest.mark.slow
+def test_postgres_study_shared_by_invocations_survives_a_killed_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two invocations on a fresh database, then kill -9 of a worker mid-trial and a re-run."""
+    heartbeat = ["heartbeat.interval=1", "heartbeat.grace_period=2", "pruner.kind=none"]
+    env = _subprocess_env(**{STORAGE_ENV: postgres_url})
+    runs = _run_together([_study_command(tmp_path, "n_trials=4", *heartbeat)] * 2, env)
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    assert all(PASSWORD not in r.stdout + r.stderr for r in runs)
+    assert all(f'optuna-dashboard "${STORAGE_ENV}"' in r.stdout for r in runs)
+    config = smoke_config(tmp_path)
+    location = StorageLocation(url=postgres_url)
+    _check_target_met_exactly(load(config, location), 4)
+
+    # kill -9 a worker once its trial has drawn its parameters
+    command = _study_command(tmp_path, "n_trials=6", *heartbeat)
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study, deadline = load(config, location), time.monotonic() + 120
+    while not (running := study.get_trials(states=(TrialState.RUNNING,))) or not running[0].params:
+        assert worker.poll() is None and time.monotonic() < deadline, "the worker never started a trial"
+        time.sleep(0.1)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    (killed,) = running
+    assert killed.user_attrs["pid"] == worker.pid
+    time.sleep(3)  # past the grace period: the heartbeat says the worker is gone
+
+    rerun = subprocess.run(
+        _study_command(tmp_path, "n_trials=6", *heartbeat), env=env, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"reclaimed trial {killed.number:04d}: its worker" in rerun.stdout
+    assert "sent no heartbeat for 2 s; its parameters are queued to run again" in rerun.stdout
+    trials = _check_target_met_exactly(load(config, location), 6)
+    assert trials[killed.number].state == TrialState.FAIL
+    (retried,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retried.state == TrialState.COMPLETE and retried.params == killed.params
