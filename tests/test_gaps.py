@@ -121,12 +121,14 @@ def test_gaps_over_training_are_logged(tmp_path):
             "train.epochs=2",
             "train.gaps_every=1",
             "train.gaps_num_points=30",
-            "train.gaps_num_samples=100",
+            "train.valid_num_points=30",
+            "train.valid_num_samples=100",
             "data.synthetic.num_points=700",
         ],
     )
     metrics = train(config, tmp_path / "run")
-    assert "gaps_amortization_gap" in metrics["history"][-1]
+    assert {"valid_amortization_gap", "row_gap"} <= set(metrics["history"][-1])
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
-    assert len(events.Scalars("gaps/amortization_gap")) == 2
+    assert len(events.Scalars("valid/amortization_gap")) == 2
+    assert len(events.Scalars("train/row_gap")) == 2

@@ -89,7 +89,7 @@ def test_smoke_study_records_trials_with_params_and_values(smoke_study) -> None:
         assert trial.user_attrs["run_dir"] == str(run_dir)
         # the value is the run's own final valid ELBO, and the run used the suggested values
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert trial.value == pytest.approx(metrics["valid_elbo"]) and math.isfinite(trial.value)
+        assert trial.value == pytest.approx(metrics["valid_log_px"]) and math.isfinite(trial.value)
         assert metrics["epochs"] == 2
         assert trial.intermediate_values.keys() == {1, 2}
         assert trial.intermediate_values[2] == pytest.approx(trial.value)
@@ -115,8 +115,8 @@ def test_trial_folders_hold_tensorboard_hparams(smoke_study) -> None:
         assert hparams["model.latent_dim"].number_value == trial.params["model.latent_dim"]
         assert hparams["model.hidden"].string_value == trial.params["model.hidden"]
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-        assert "valid/elbo" in [m.name.tag for m in experiment.metric_infos]
-        assert events.Scalars("valid/elbo")[-1].value == pytest.approx(trial.value, rel=1e-5)
+        assert "valid/log_px" in [m.name.tag for m in experiment.metric_infos]
+        assert events.Scalars("valid/log_px")[-1].value == pytest.approx(trial.value, rel=1e-5)
 
 
 def test_summary_shows_best_trial_table_and_importances(smoke_study, capsys: pytest.CaptureFixture) -> None:
@@ -126,10 +126,10 @@ def test_summary_shows_best_trial_table_and_importances(smoke_study, capsys: pyt
     assert main(["study", str(SMOKE), f"root={root}", *TINY, "--summary"]) == 0
     text = capsys.readouterr().out
     assert "3 complete" in text and "3 of n_trials=3 done" in text
-    assert f"best trial:\n  trial {best.number:04d} COMPLETE: valid/elbo {best.value:.4g}" in text
+    assert f"best trial:\n  trial {best.number:04d} COMPLETE: valid/log_px {best.value:.4g}" in text
     rows = [line for line in text.splitlines() if line.startswith("| 000")]
     assert len(rows) == 3 and all("| complete |" in row for row in rows)
-    assert "parameter importances for valid/elbo: " in text and "train.lr" in text.split("importances")[1]
+    assert "parameter importances for valid/log_px: " in text and "train.lr" in text.split("importances")[1]
     assert "optuna-dashboard 'sqlite:///" in text
 
 
@@ -245,14 +245,14 @@ def test_multi_objective_study_records_both_values(tmp_path: Path) -> None:
     config = smoke_config(
         tmp_path,
         "n_trials=2",
-        "objectives=[{metric: valid/elbo, direction: maximize}, {metric: seconds, direction: minimize}]",
+        "objectives=[{metric: valid/log_px, direction: maximize}, {metric: seconds, direction: minimize}]",
         "pruner.kind=none",
     )
     study = run_study(config, verbose=False)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     for trial in study.trials:
         metrics = json.loads((tmp_path / "smoke" / f"trial_{trial.number:04d}" / "metrics.json").read_text())
-        assert trial.values == pytest.approx([metrics["valid_elbo"], metrics["seconds"]])
+        assert trial.values == pytest.approx([metrics["valid_log_px"], metrics["seconds"]])
     assert "Pareto-optimal trials:" in summarize_study(config)
 
 
@@ -288,7 +288,7 @@ def test_bad_search_space_entry_is_an_error_naming_it(tmp_path: Path, entry: str
         ("space: {train.lr: {low: 0.001, high: 0.1}}\noverrides: {train: {epoch: 3}}\n", "train.epoch"),
         (
             "space: {train.lr: {low: 0.001, high: 0.1}}\n"
-            "objectives: [{metric: valid/elbo}, {metric: seconds, direction: minimize}]\n",
+            "objectives: [{metric: valid/log_px}, {metric: seconds, direction: minimize}]\n",
             "pruner.kind",
         ),
         ("space: {}\n", "space: give at least one parameter"),

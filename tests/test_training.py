@@ -35,16 +35,37 @@ def test_run_folder_holds_config_events_checkpoint_metrics(tmp_path, kind):
     metrics = training.train(_config(f"inference.kind={kind}"), run_dir)
     assert (run_dir / "config.yaml").is_file()
     on_disk = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("train_elbo", "valid_elbo", "epochs", "seconds", "examples_per_second"):
+    for key in (
+        "train_elbo",
+        "valid_elbo_refined",
+        "valid_log_px",
+        "epochs",
+        "seconds",
+        "examples_per_second",
+    ):
         assert on_disk[key] == metrics[key]
     assert on_disk["epochs"] == 2 and on_disk["examples_per_second"] > 0
-    assert -800 < on_disk["valid_elbo"] < 0
+    assert -800 < on_disk["valid_elbo_refined"] <= on_disk["valid_log_px"] + 3 * on_disk["valid_log_px_se"]
+    assert on_disk["valid_log_px"] < 0
 
     tags = _tags(run_dir)
-    expected = {"train/elbo", "train/recon", "train/kl", "valid/elbo", "charts/examples_per_second"}
+    expected = {
+        "train/elbo",
+        "train/recon",
+        "train/kl",
+        "train/beta",
+        "train/lr",
+        "valid/elbo_refined",
+        "valid/log_px",
+        "valid/approximation_gap",
+        "charts/examples_per_second",
+    }
     if kind == "local":
         expected |= {"train/inner_steps", "train/inner_gain"}
+    else:
+        expected |= {"valid/elbo_encoder", "valid/amortization_gap"}
     assert expected <= set(tags["scalars"])
+    assert "valid/elbo" not in tags["scalars"]  # no tag whose meaning depends on the mode
     assert {"images/reconstructions", "images/prior_samples"} <= set(tags["images"])
     assert "posterior/log_scale" in tags["histograms"]
     assert any("hparams" in tag or "config" in tag for tag in tags["tensors"])

@@ -30,8 +30,9 @@ def _train(args: argparse.Namespace) -> None:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
     metrics = train(config, run_dir, resume=bool(args.resume))
     print(
-        f"{run_dir}: train ELBO {metrics['train_elbo']:.2f}, valid ELBO {metrics['valid_elbo']:.2f} "
-        f"({metrics['valid_inference']}), {metrics['epochs']} epochs in {metrics['seconds']:.1f} s, "
+        f"{run_dir}: train ELBO {metrics['train_elbo']:.2f}; "
+        f"valid L[q*] {metrics['valid_elbo_refined']:.2f}, "
+        f"log p(x) {metrics['valid_log_px']:.2f}; {metrics['epochs']} epochs in {metrics['seconds']:.1f} s, "
         f"{metrics['examples_per_second']:.0f} examples/s"
     )
 

@@ -124,36 +124,49 @@ class ModelConfig:
 
 @dataclass
 class LocalFitConfig:
-    """Adam on per-datapoint (loc, log_scale) with the decoder frozen.
+    """Adam on per-datapoint (loc, log_scale) with the decoder frozen (see `local_fit.py`).
 
-    A point whose running-average ELBO has not beaten its best by `tol` nats for
-    `patience` steps halves its learning rate; at the plateau after `num_decays` halvings
-    (or after `max_steps`) it stops. See `local_fit.py`.
+    Every `check_every` steps each row's gain over the window is estimated with common
+    random numbers (`check_samples` draws). A window without significant progress (at
+    `confidence` standard errors) and below `tol` nats halves the row's learning rate, at
+    most `num_decays` times; a row stops when, with no halvings left, the mean gain of its
+    last `stop_windows` windows is confidently below `tol` (or after `max_steps`).
     """
 
     max_steps: int = 20
     lr: float = 0.05
-    tol: float = 0.01
-    patience: int = 2
+    num_samples: int = 1  # Monte Carlo samples per gradient step
+    check_every: int = 10  # steps per window; no row stops before this many steps
+    check_samples: int = 8  # common random numbers behind each window's gain
+    confidence: float = 2.0  # standard errors behind every decision (normal approximation)
+    stop_windows: int = 4  # windows whose mean gain decides a stop
+    tol: float = 0.01  # nats per window below which a gain counts as none
     num_decays: int = 0
-    smoothing: float = 0.5  # weight of the newest ELBO in the running average
-    num_samples: int = 1
 
     def check(self) -> None:
         require(self.max_steps > 0, "max_steps", "must be positive")
         require(self.lr > 0, "lr", "must be positive")
-        require(self.tol >= 0, "tol", "must be non-negative")
-        require(self.patience > 0, "patience", "must be positive")
-        require(self.num_decays >= 0, "num_decays", "must be >= 0")
-        require(0.0 < self.smoothing <= 1.0, "smoothing", "must lie in (0, 1]")
         require(self.num_samples > 0, "num_samples", "must be positive")
+        require(self.check_every > 0, "check_every", "must be positive")
+        require(self.check_samples > 1, "check_samples", "must be at least 2 (a standard error needs two)")
+        require(self.confidence >= 0, "confidence", "must be non-negative")
+        require(self.stop_windows > 1, "stop_windows", "must be at least 2 (a standard error needs two)")
+        require(self.tol >= 0, "tol", "must be non-negative")
+        require(self.num_decays >= 0, "num_decays", "must be >= 0")
+
+
+@dataclass
+class InnerLoopConfig(LocalFitConfig):
+    """The training inner loop: a `LocalFitConfig` run on a minibatch's rows at every visit."""
+
+    reset_state: bool = False  # fresh Adam moments at every visit (True) or kept across visits
 
 
 @dataclass
 class InferenceConfig:
     kind: InferenceKind = InferenceKind.amortized
     num_samples: int = 1  # Monte Carlo samples of the training ELBO
-    inner: LocalFitConfig = field(default_factory=LocalFitConfig)
+    inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)
 
     def check(self) -> None:
         require(self.num_samples > 0, "num_samples", "must be positive")
@@ -180,7 +193,7 @@ class EvalConfig:
     memory_budget_mb: float | None = None  # MB per chunk of log p(x) work; null: runtime.memory_budget_mb
     refine: LocalFitConfig = field(
         default_factory=lambda: LocalFitConfig(
-            max_steps=5000, lr=0.05, tol=0.01, patience=100, num_decays=6, smoothing=0.05, num_samples=10
+            max_steps=5000, lr=0.1, num_samples=10, check_every=50, check_samples=16, tol=0.05, num_decays=7
         )
     )
     ais: AISConfig = field(default_factory=AISConfig)
@@ -192,21 +205,35 @@ class EvalConfig:
         require(self.batch_size > 0, "batch_size", "must be positive")
 
 
+class LRSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"  # from train.lr to train.lr_min over the run (Loshchilov & Hutter 2017)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
+    lr_schedule: LRSchedule = LRSchedule.constant
+    lr_min: float = 0.0  # the cosine schedule's last learning rate
+    kl_warmup_epochs: float = 0.0  # KL weight beta from 0 to 1 over this many epochs (0: beta = 1)
     log_every: int = 50  # steps between scalar logs
-    num_images: int = 64  # reconstructions and prior samples shown per epoch
-    gaps_every: int = 0  # epochs between cheap gap evaluations (0: never)
-    gaps_num_points: int = 200
-    gaps_num_samples: int = 500
+    num_images: int = 64  # reconstructions and prior samples shown per validation
+    valid_every: int = 1  # epochs between validations (the last epoch is always validated)
+    valid_num_points: int = 200  # the fixed validation subset: the first points of the split
+    valid_num_samples: int = 500  # K of the importance-weighted log p(x) at validation
+    gaps_every: int = 0  # epochs between row-gap measurements on training points (0: never)
+    gaps_num_points: int = 200  # the fixed training subset: the first rows of the training split
 
     def check(self) -> None:
-        for key in ("epochs", "batch_size", "log_every", "num_images", "gaps_num_points", "gaps_num_samples"):
+        for key in ("epochs", "batch_size", "log_every", "num_images", "valid_every"):
+            require(getattr(self, key) > 0, key, "must be positive")
+        for key in ("valid_num_points", "valid_num_samples", "gaps_num_points"):
             require(getattr(self, key) > 0, key, "must be positive")
         require(self.lr > 0, "lr", "must be positive")
+        require(0 <= self.lr_min <= self.lr, "lr_min", "must lie in [0, train.lr]")
+        require(self.kl_warmup_epochs >= 0, "kl_warmup_epochs", "must be >= 0")
         require(self.gaps_every >= 0, "gaps_every", "must be >= 0")
 
 

@@ -69,11 +69,53 @@ def _cell(summary: dict[str, Any], key: str) -> str:
     return f"{summary[key]:.2f} ± {summary[f'{key}_se']:.2f}"
 
 
+def _value(metrics: dict[str, Any], key: str) -> str:
+    if metrics.get(key) is None:
+        return "—"
+    se = metrics.get(f"{key}_se")
+    return f"{metrics[key]:.2f}" + (f" ± {se:.2f}" if se is not None else "")
+
+
+def at_budget(history: list[dict[str, Any]], clock: str, budget: float) -> dict[str, Any] | None:
+    """The last validated epoch whose `clock` (step or train_seconds) is within the budget."""
+    entries = [e for e in history if "valid_log_px" in e and e[clock] <= budget]
+    return entries[-1] if entries else None
+
+
+def format_budget_table(histories: list[list[dict[str, Any]]], names: list[str]) -> str:
+    """Validation measures of every run at an equal number of decoder steps and at an equal
+    training time: the largest budget that every run has validated within."""
+    lines = ["| at an equal budget | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for clock, label, unit in (("step", "decoder steps", ""), ("train_seconds", "training seconds", " s")):
+        ends = [max((e[clock] for e in h if "valid_log_px" in e), default=None) for h in histories]
+        if any(end is None for end in ends):
+            continue
+        budget = min(ends)
+        entries = [at_budget(h, clock, budget) for h in histories]
+        used = " | ".join(
+            f"{e[clock]:.0f}{unit} (epoch {e['epoch']})" if e else "not validated yet" for e in entries
+        )
+        lines.append(f"| **{label} ≤ {budget:.0f}{unit}** | {used} |")
+        for row_label, key in BUDGET_ROWS:
+            if any(e and key in e for e in entries):
+                lines.append(f"| {row_label} | " + " | ".join(_value(e or {}, key) for e in entries) + " |")
+    return "\n".join(lines)
+
+
 TRAINING_ROWS = [
-    ("train ELBO", lambda m: f"{m['train_elbo']:.2f}"),
-    ("valid ELBO", lambda m: f"{m['valid_elbo']:.2f} ({m['valid_inference']})"),
-    ("epochs / train seconds", lambda m: f"{m['epochs']} / {m['seconds']:.0f}"),
-    ("examples / s", lambda m: f"{m['examples_per_second']:.0f}"),
+    ("train ELBO (last epoch)", lambda m: f"{m['train_elbo']:.2f}"),
+    ("epochs / decoder steps", lambda m: f"{m['epochs']} / {m['steps']}"),
+    (
+        "train seconds / examples per s",
+        lambda m: f"{m['train_seconds']:.0f} / {m['examples_per_second']:.0f}",
+    ),
+    ("row gap, training points", lambda m: _value(m, "row_gap")),
+]
+BUDGET_ROWS = [
+    ("valid L[q*]", "valid_elbo_refined"),
+    ("valid log p(x)", "valid_log_px"),
+    ("valid approximation gap", "valid_approximation_gap"),
+    ("valid L[q] (encoder)", "valid_elbo_encoder"),
 ]
 EVAL_ROWS = [
     ("points", lambda s: f"{s['num_points']} ({s['split']})"),
@@ -100,7 +142,8 @@ def format_table(
 
 
 def compare_runs(run_dirs: list[str | Path]) -> str:
-    """Training metrics and gaps of evaluated runs, side by side."""
+    """Training metrics and gaps of evaluated runs side by side, then their validation
+    measures at equal budgets (decoder steps, training seconds)."""
     summaries, training, names = [], [], []
     for run_dir in map(Path, run_dirs):
         path = run_dir / "eval" / "gaps.json"
@@ -109,4 +152,5 @@ def compare_runs(run_dirs: list[str | Path]) -> str:
         summaries.append(json.loads(path.read_text()))
         training.append(json.loads((run_dir / "metrics.json").read_text()))
         names.append(run_dir.name)
-    return format_table(summaries, names, training)
+    budgets = format_budget_table([m["history"] for m in training], names)
+    return format_table(summaries, names, training) + "\n\n" + budgets

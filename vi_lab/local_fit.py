@@ -3,16 +3,31 @@
 The decoder is frozen: the reparameterization gradient comes from
 `objectives.elbo_and_gradient` (autograd through the decoder with z as the only leaf,
 the Gaussian parts in closed form), so no decoder `.grad` is ever written.
-Every point (row) has its own Adam state (moments and step count), so a row can stop
-while others go on, and a row's next visit continues where its last one stopped
-(lecture 004's coordinate ascent; Cremer et al. 2018's test-time refinement).
+Every point (row) has its own Adam state (moments and step count, Kingma & Ba 2015),
+so a row can stop while others go on, and a row's next visit can continue where its
+last one stopped: the coordinate ascent of variational inference (Bishop 2006, §10.1.1)
+with a stochastic inner loop (Hoffman et al. 2013), and the test-time refinement of
+Cremer, Li & Duvenaud (2018).
 
-Plateau rule, per row: after a warm-up of 1/smoothing steps, an exponential moving
-average of its ELBO estimate must beat its best value by more than `tol` nats within
-`patience` steps. A row that fails halves its own learning rate (Monte Carlo noise then
-costs step size, never progress, and the smaller steps remove the optimizer's jitter
-near the optimum); after `num_decays` halvings the next plateau stops it. `max_steps`
-caps all rows. The loop runs over steps only, never over points.
+Stopping rule, per row. Every `check_every` steps a row's gain over the last window,
+    g = L(q_now) - L(q_then),
+is estimated with common random numbers: the same `check_samples` fresh draws
+eps_1..M are pushed through both q's (z = loc + scale * eps), so the Monte Carlo noise
+that the two ELBOs share cancels in the differences d_j and se = std(d) / sqrt(M)
+measures only what the window changed (the paired comparison of Glasserman & Yao 1992).
+- Step size: a window whose gain is not significantly positive and below `tol`
+  (g - c * se <= 0 and g < tol, c = `confidence`) halves the row's learning rate, at
+  most `num_decays` times; smaller steps remove Adam's jitter around the optimum.
+- Stop: one window's realized gain also carries the random walk of the noisy steps, so
+  a stop is decided on the last `stop_windows` windows: their mean gain m and its
+  standard error s (from their spread, path noise included) must show the drift to be
+  below `tol`: m + c * s < tol, with no halvings left. A row whose ELBO still rises by
+  more than `tol` per window keeps going (it stops at a check with probability at most
+  about Phi(-c)); a single noisy estimate can never stop it, and no row stops before
+  `stop_windows * check_every` steps.
+`max_steps` caps every row. The loop runs over steps only, never over points; a check
+costs one forward pass with 2 * check_samples samples and no backward pass, and a visit
+too short to reach a decision skips the checks.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vi_lab import gaussian
 from vi_lab.config import LocalFitConfig
 from vi_lab.objectives import Decoder, elbo_and_gradient
 
@@ -62,6 +78,10 @@ class RowState:
     def rows(self, idx: Tensor) -> RowState:
         return RowState(self.params[idx], self.exp_avg[idx], self.exp_avg_sq[idx], self.step[idx])
 
+    def fresh(self) -> RowState:
+        """The same q with the optimizer state of a first visit."""
+        return RowState.start_at(self.loc, self.log_scale)
+
     def put_rows(self, idx: Tensor, rows: RowState) -> None:
         self.params[idx] = rows.params
         self.exp_avg[idx] = rows.exp_avg
@@ -73,42 +93,62 @@ class RowState:
 class FitResult:
     state: RowState  # the rows after fitting
     first_elbo: Tensor  # (N,) ELBO estimate at the start
-    last_elbo: Tensor  # (N,) smoothed ELBO estimate at the end
+    last_elbo: Tensor  # (N,) ELBO estimate at the last step
     steps: Tensor  # (N,) steps each row took
-    capped: Tensor  # (N,) bool: still improving when max_steps ran out
+    capped: Tensor  # (N,) bool: still going when max_steps ran out
 
 
-def fit_local(decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfig) -> FitResult:
+def window_gain(
+    decoder: Decoder, x: Tensor, now: Tensor, then: Tensor, num_samples: int, beta: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Estimated ELBO(now) - ELBO(then) per row and its standard error, each (N,).
+
+    `now` and `then` are (N, 2, D) parameters; both are scored on the same draws of eps
+    (common random numbers), in one forward pass of 2 * num_samples samples.
+    """
+    eps = torch.randn((num_samples, *now[:, 0].shape), dtype=now.dtype, device=now.device)  # (M, N, D)
+    z_now = now[:, 0] + now[:, 1].exp() * eps
+    z_then = then[:, 0] + then[:, 1].exp() * eps
+    log_lik = decoder.log_prob(x, torch.cat([z_now, z_then]))  # (2M, N)
+    kl_diff = gaussian.kl_to_standard_normal(now[:, 0], now[:, 1]) - gaussian.kl_to_standard_normal(
+        then[:, 0], then[:, 1]
+    )  # (N,)
+    diff = log_lik[:num_samples] - log_lik[num_samples:] - beta * kl_diff  # (M, N)
+    return diff.mean(0), diff.std(0) / math.sqrt(num_samples)
+
+
+def fit_local(
+    decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfig, beta: float = 1.0
+) -> FitResult:
     """Maximize each row's ELBO with the decoder frozen; returns new rows (inputs untouched).
 
-    Rows are masked arithmetically (weight 0 for stopped rows) rather than by indexing,
-    so every step is the same few fused tensor operations whatever the mix of rows.
+    `beta` weights the KL term of the objective (KL warm-up during training; 1 for every
+    reported bound). Rows are masked arithmetically (weight 0 for stopped rows) rather
+    than by indexing, so every step is the same few fused tensor operations whatever the
+    mix of rows.
     """
     num_rows = x.shape[0]
     params = rows.params.clone()
     exp_avg, exp_avg_sq, step = rows.exp_avg.clone(), rows.exp_avg_sq.clone(), rows.step.clone()
     active = torch.ones(num_rows, device=x.device)  # (N,) 1 while a row is optimized, then 0
-    stall = torch.zeros(num_rows, device=x.device)  # steps since the running average improved
     lr = torch.full((num_rows,), config.lr, device=x.device)
     decays_left = torch.full((num_rows,), float(config.num_decays), device=x.device)
-    warmup = math.ceil(1.0 / config.smoothing)  # steps before the running average means anything
+    anchor = params.clone()  # (N, 2, D) the rows at the start of the current window
+    gains = torch.zeros(num_rows, config.stop_windows, device=x.device)  # recent window gains
+    windows = torch.zeros(num_rows, device=x.device)  # windows since the last step-size change
+    num_checks = 0
+    # With no step-size decays a stop needs `stop_windows` windows: a visit too short for
+    # that (the training default) takes its whole budget and skips the checks' cost.
+    can_decide = config.num_decays > 0 or (config.max_steps - 1) // config.check_every >= config.stop_windows
 
     for t in range(config.max_steps):
         with torch.no_grad():
             estimate, grad_loc, grad_log_scale = elbo_and_gradient(
-                decoder, x, params[:, 0], params[:, 1], config.num_samples
+                decoder, x, params[:, 0], params[:, 1], config.num_samples, beta
             )  # (N,), (N, D), (N, D)
-            grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
             if t == 0:
-                first = average = estimate
-            else:
-                average = torch.lerp(average, estimate, config.smoothing)
-            if t < warmup:
-                best = average
-            else:
-                improved = average > best + config.tol
-                best = torch.where(improved, average, best)
-                stall = (stall + 1).masked_fill_(improved, 0)
+                first = estimate
+            grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
 
             # Adam ascent; a stopped row has weight 0 in every update, so nothing of it moves.
             live = active[:, None, None]  # (N, 1, 1)
@@ -120,18 +160,27 @@ def fit_local(decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfi
             step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
             params.addcdiv_(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt().add_(EPS))  # (N, 2, D)
 
-            if t >= warmup:
-                plateau = stall >= config.patience
-                if config.num_decays == 0:
-                    active.masked_fill_(plateau, 0)
-                else:
-                    stop = plateau & (decays_left == 0)
-                    decay = plateau & ~stop
-                    lr = torch.where(decay, lr * 0.5, lr)
-                    decays_left -= decay.float()
-                    stall.masked_fill_(decay, 0)
-                    active.masked_fill_(stop, 0)
-        if t >= warmup and not active.any():
-            break
+            if can_decide and (t + 1) % config.check_every == 0 and t + 1 < config.max_steps:
+                num_checks += 1
+                gain, se = window_gain(decoder, x, params, anchor, config.check_samples, beta)
+                anchor.copy_(params)
+                gains[:, num_checks % config.stop_windows] = gain
+                windows += 1
+                # One window: is there progress beyond the Monte Carlo error of its two ends?
+                no_progress = (gain - config.confidence * se <= 0) & (gain < config.tol)
+                decay = no_progress & (decays_left > 0) & active.bool()
+                # The last windows: is their mean gain (the drift, path noise included) below tol?
+                mean = gains.mean(1)
+                drift_se = gains.std(1) / math.sqrt(config.stop_windows)
+                settled = (mean + config.confidence * drift_se < config.tol) & (
+                    windows >= config.stop_windows
+                )
+                stop = settled & (decays_left == 0) & active.bool()
+                lr = torch.where(decay, lr * 0.5, lr)
+                decays_left -= decay.float()
+                windows.masked_fill_(decay, 0)
+                active.masked_fill_(stop, 0)
+                if not active.any():
+                    break
     state = RowState(params, exp_avg, exp_avg_sq, step)
-    return FitResult(state, first, average, (step - rows.step).long(), active.bool())
+    return FitResult(state, first, estimate, (step - rows.step).long(), active.bool())

@@ -51,9 +51,11 @@ def elbo(
 
 
 def elbo_and_gradient(
-    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, num_samples: int = 1
+    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, num_samples: int = 1, beta: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-example ELBO (B,) and its reparameterization gradient w.r.t. loc and log_scale.
+
+    With `beta` != 1 the KL term is weighted by beta (the objective of KL warm-up).
 
     Autograd runs through the decoder only, with z = loc + s * eps as the leaf; the
     Gaussian parts are differentiated in closed form (s = exp(log_scale)):
@@ -71,6 +73,6 @@ def elbo_and_gradient(
         (grad_z,) = torch.autograd.grad(recon.sum(), z)
     kl = gaussian.kl_to_standard_normal(loc, log_scale)
     kl_loc, kl_log_scale = gaussian.kl_to_standard_normal_gradient(loc, log_scale)
-    grad_loc = grad_z.mean(0) - kl_loc
-    grad_log_scale = (grad_z * eps).mean(0) * scale - kl_log_scale
-    return recon.detach().mean(0) - kl, grad_loc, grad_log_scale
+    grad_loc = grad_z.mean(0) - beta * kl_loc
+    grad_log_scale = (grad_z * eps).mean(0) * scale - beta * kl_log_scale
+    return recon.detach().mean(0) - beta * kl, grad_loc, grad_log_scale

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vi_lab import gaussian
-from vi_lab.config import LocalFitConfig
+from vi_lab.config import InnerLoopConfig
 from vi_lab.encoders import Encoder
 from vi_lab.local_fit import RowState, fit_local
 from vi_lab.objectives import Decoder
@@ -34,7 +34,7 @@ class AmortizedPosterior(nn.Module):
     def forward(self, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.encoder(x)
 
-    def update(self, decoder: Decoder, x: Tensor, idx: Tensor) -> dict[str, Tensor]:
+    def update(self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
         return {}
 
     def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -47,7 +47,7 @@ class AmortizedPosterior(nn.Module):
 class LocalPosterior(nn.Module):
     amortized = False
 
-    def __init__(self, num_points: int, latent_dim: int, inner: LocalFitConfig) -> None:
+    def __init__(self, num_points: int, latent_dim: int, inner: InnerLoopConfig) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.inner = inner
@@ -66,9 +66,14 @@ class LocalPosterior(nn.Module):
         params = self.params[idx]  # (B, 2, D)
         return params[:, 0], params[:, 1]
 
-    def update(self, decoder: Decoder, x: Tensor, idx: Tensor) -> dict[str, Tensor]:
-        """Run the inner loop on rows idx; only those rows (and their state) change."""
-        fit = fit_local(decoder, x, self.rows.rows(idx), self.inner)
+    def update(self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
+        """Run the inner loop on rows idx; only those rows (and their state) change.
+
+        With `inner.reset_state` each visit starts with fresh Adam moments (the rows'
+        values are kept either way); otherwise a visit continues the last one's state.
+        """
+        rows = self.rows.rows(idx)
+        fit = fit_local(decoder, x, rows.fresh() if self.inner.reset_state else rows, self.inner, beta)
         self.rows.put_rows(idx, fit.state)
         return {"inner_steps": fit.steps.float(), "inner_gain": fit.last_elbo - fit.first_elbo}
 

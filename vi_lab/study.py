@@ -211,7 +211,7 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 
 def metric_value(metrics: dict[str, Any], name: str) -> float | None:
-    """The objective `name` (e.g. valid/elbo) from train's metrics, or its latest history entry."""
+    """The objective `name` (e.g. valid/log_px) from train's metrics, or its latest history entry."""
     key = OBJECTIVE_KEYS[name]
     if metrics.get(key) is not None:
         return float(metrics[key])

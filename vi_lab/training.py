@@ -3,8 +3,17 @@
 Per minibatch (x, idx): `posterior.update` does the work that precedes a decoder step
 (the per-datapoint inner loop, or nothing for an encoder), then one Adam step on the
 negative minibatch ELBO moves the decoder (and the encoder, when there is one). This
-is coordinate ascent for local runs (lecture 004) and joint VAE training for amortized
-runs (Kingma & Welling 2014), with the same loop.
+is coordinate ascent for local runs (block coordinate ascent on the ELBO, Bishop 2006
+§10.1.1) and joint VAE training for amortized runs (Kingma & Welling 2014), with the same
+loop. KL warm-up (Bowman et al. 2016; Sønderby et al. 2016) weights the KL term of the
+training objective by beta; every reported bound has beta = 1.
+
+Validation means the same for every mode: on a fixed subset of the validation split,
+q is refined to convergence from the posterior's guess with the decoder frozen
+(`eval.refine`), giving `valid/elbo_refined` and the importance-weighted `valid/log_px`
+(plus `valid/elbo_encoder` where there is an encoder). Scalars are written with the
+training clock as their wall time (seconds inside training steps since the run began),
+so TensorBoard's "relative" axis compares runs at equal training time.
 
 The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and
 on Ctrl-C) and metrics.json. A non-finite loss stops the run before any checkpoint is
@@ -13,6 +22,7 @@ written, so the last good one stays intact; `resume=True` continues from it exac
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,20 +37,20 @@ from tqdm import tqdm
 
 from vi_lab.board import image_grid, write_hparams, write_json
 from vi_lab.checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from vi_lab.config import Config, flatten, save_config, to_dict
+from vi_lab.config import Config, LRSchedule, TrainConfig, flatten, save_config, to_dict
 from vi_lab.data import Data, batches, epoch_generator, load_data, num_batches
-from vi_lab.gaps import measure_gaps
+from vi_lab.gaps import measure_gaps, measure_row_gap, standard_error
 from vi_lab.model import LatentVariableModel, build_model
 from vi_lab.objectives import elbo
 from vi_lab.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
-METRIC_TAGS = ["valid/elbo", "train/elbo", "charts/examples_per_second", "charts/seconds"]
-GAP_TAGS = [
-    "gaps/amortization_gap",
-    "gaps/approximation_gap",
-    "gaps/inference_gap",
-    "gaps/elbo_refined",
-    "gaps/log_px",
+VALID_KEYS = ("elbo_refined", "log_px", "elbo_encoder", "amortization_gap", "approximation_gap")
+METRIC_TAGS = [
+    *(f"valid/{key}" for key in VALID_KEYS),
+    "train/elbo",
+    "train/row_gap",
+    "charts/examples_per_second",
+    "charts/seconds",
 ]
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -55,8 +65,9 @@ class Position:
     batch: int = 0  # batches of that epoch already done
     step: int = 0  # decoder steps overall
     seconds: float = 0.0  # wall time overall
-    step_seconds: float = 0.0  # wall time inside training steps
+    step_seconds: float = 0.0  # wall time inside training steps (the training clock)
     examples: int = 0
+    started: float = 0.0  # Unix time the run began: the origin of the scalars' wall times
 
 
 def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
@@ -84,7 +95,7 @@ def train(
     data = load_data(config.data, device)
     model = build_model(config, data).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    position, history = Position(), []
+    position, history = Position(started=time.time()), []
 
     if resume:
         state = load_checkpoint(run_dir / FILENAME)
@@ -102,14 +113,28 @@ def train(
 
     writer = SummaryWriter(str(run_dir))
     if not resume:
-        metric_tags = METRIC_TAGS + (GAP_TAGS if config.train.gaps_every else [])
-        write_hparams(writer, hparams or flatten(to_dict(config)), metric_tags)
+        write_hparams(writer, hparams or flatten(to_dict(config)), METRIC_TAGS)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     loop = _Loop(config, run_dir, data, model, optimizer, writer, position, history)
     try:
         return loop.run(on_epoch)
     finally:
         writer.close()
+
+
+def kl_weight(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """beta of KL warm-up at a decoder step: linear from 0 to 1 over `kl_warmup_epochs`."""
+    if train.kl_warmup_epochs == 0:
+        return 1.0
+    return min(1.0, step / (train.kl_warmup_epochs * steps_per_epoch))
+
+
+def learning_rate(train: TrainConfig, step: int, total_steps: int) -> float:
+    """The decoder's (and encoder's) learning rate at a step: constant, or cosine to lr_min."""
+    if train.lr_schedule == LRSchedule.constant:
+        return train.lr
+    progress = min(1.0, step / max(total_steps, 1))
+    return train.lr_min + 0.5 * (train.lr - train.lr_min) * (1.0 + math.cos(math.pi * progress))
 
 
 class _Loop:
@@ -133,15 +158,20 @@ class _Loop:
         self.names: list[str] = []
         self.epoch_sums: Tensor | None = None
         self.epoch_count = 0
+        self.steps_per_epoch = num_batches(data.num_train, config.train.batch_size)
         generator = torch.Generator().manual_seed(config.seed)
         self.prior_z = torch.randn(config.train.num_images, config.model.latent_dim, generator=generator)
 
+    def scalar(self, tag: str, value: float) -> None:
+        """One scalar at the current step, stamped with the training clock (see module doc)."""
+        position = self.position
+        self.writer.add_scalar(tag, value, position.step, walltime=position.started + position.step_seconds)
+
     def run(self, on_epoch: EpochCallback | None) -> dict[str, Any]:
         train = self.config.train
-        per_epoch = num_batches(self.data.num_train, train.batch_size)
         bar = tqdm(
-            total=train.epochs * per_epoch,
-            initial=self.position.epoch * per_epoch + self.position.batch,
+            total=train.epochs * self.steps_per_epoch,
+            initial=self.position.epoch * self.steps_per_epoch + self.position.batch,
             desc=self.run_dir.name,
             disable=not self.config.progress,
             dynamic_ncols=True,
@@ -165,15 +195,19 @@ class _Loop:
 
     def _train_epoch(self, bar: tqdm) -> dict[str, float]:
         config, model, position = self.config, self.model, self.position
+        total_steps = config.train.epochs * self.steps_per_epoch
         generator = epoch_generator(config.seed, position.epoch, self.data.x["train"].device)
         x_epoch = self.data.epoch_train(generator)
         self.epoch_sums, self.epoch_count = None, 0
-        started = time.perf_counter()
+        seconds_before, started = position.step_seconds, time.perf_counter()
         for x, idx in batches(x_epoch, config.train.batch_size, generator, start=position.batch):
-            stats = model.posterior.update(model.decoder, x, idx)
+            beta = kl_weight(config.train, position.step, self.steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(config.train, position.step, total_steps)
+            stats = model.posterior.update(model.decoder, x, idx, beta)
             loc, log_scale = model.posterior(x, idx)
             terms = elbo(model.decoder, x, loc, log_scale, config.inference.num_samples)
-            loss = -terms["elbo"].mean()
+            loss = -(terms["recon"] - beta * terms["kl"]).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -188,17 +222,19 @@ class _Loop:
             bar.update(1)
             if position.step % config.train.log_every == 0:
                 means = self._flush_window()
+                position.step_seconds += time.perf_counter() - started
+                started = time.perf_counter()
                 for name, value in means.items():
-                    self.writer.add_scalar(f"train/{name}", value, position.step)
+                    self.scalar(f"train/{name}", value)
+                self.scalar("train/beta", beta)
+                self.scalar("train/lr", self.optimizer.param_groups[0]["lr"])
                 bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
         self._flush_window()
-        elapsed = time.perf_counter() - started
-        position.step_seconds += elapsed
+        position.step_seconds += time.perf_counter() - started
         if self.epoch_count == 0:
             return {}
-        self.writer.add_scalar(
-            "charts/examples_per_second", self.epoch_count / max(elapsed, 1e-9), position.step
-        )
+        epoch_seconds = position.step_seconds - seconds_before
+        self.scalar("charts/examples_per_second", self.epoch_count / max(epoch_seconds, 1e-9))
         return dict(zip(self.names, (self.epoch_sums / self.epoch_count).tolist(), strict=True))
 
     def _flush_window(self) -> dict[str, float]:
@@ -229,83 +265,85 @@ class _Loop:
         self.window, self.window_count = [], 0
         return means
 
-    @torch.no_grad()
     def _end_epoch(self, train_metrics: dict[str, float], epoch_started: float) -> dict[str, Any]:
-        config, model, position, writer = self.config, self.model, self.position, self.writer
-        model.eval()
-        x_valid = self.data.x["valid"]
-        valid_elbo, valid_log_scale = self._validate(x_valid)
-        writer.add_scalar("valid/elbo", valid_elbo, position.step)
-        writer.add_histogram("posterior/log_scale", valid_log_scale, position.step)
-        if self.data.image_shape is not None:
-            self._log_images(x_valid)
+        config, model, position = self.config, self.model, self.position
+        epoch = position.epoch + 1
         epoch_metrics: dict[str, Any] = {
-            "epoch": position.epoch + 1,
+            "epoch": epoch,
             "step": position.step,
-            "valid_elbo": valid_elbo,
+            "train_seconds": position.step_seconds,
         }
         epoch_metrics.update({f"train_{name}": value for name, value in train_metrics.items()})
-        gaps_every = config.train.gaps_every
-        if gaps_every and (position.epoch + 1) % gaps_every == 0:
-            gaps = self._measure_gaps(x_valid)
-            epoch_metrics.update({f"gaps_{name}": value for name, value in gaps.items()})
+        model.eval()
+        # Measurements draw their own random numbers: the training stream is left as it was.
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed + epoch)
+            if epoch % config.train.valid_every == 0 or epoch == config.train.epochs:
+                epoch_metrics.update(self._validate())
+            if config.train.gaps_every and epoch % config.train.gaps_every == 0:
+                epoch_metrics.update(self._row_gap())
         model.train()
 
         position.epoch += 1
         position.batch = 0
         position.seconds += time.perf_counter() - epoch_started
-        writer.add_scalar("charts/seconds", position.seconds, position.step)
+        self.scalar("charts/seconds", position.seconds)
         self.history.append(epoch_metrics)
-        metrics = self._summary(epoch_metrics)
+        metrics = self._summary()
         write_json(metrics, self.run_dir / "metrics.json")
         self._save()
         return metrics
 
-    def _validate(self, x_valid: Tensor) -> tuple[float, Tensor]:
-        """Mean validation ELBO (encoder q, or a fresh inner-loop fit) and the q log-scales."""
-        total, log_scales = 0.0, []
-        size = max(self.config.train.batch_size, 1000)
-        for begin in range(0, x_valid.shape[0], size):
-            x = x_valid[begin : begin + size]
-            loc, log_scale = self.model.posterior.infer(self.model.decoder, x)
-            total += elbo(self.model.decoder, x, loc, log_scale)["elbo"].sum().item()
-            log_scales.append(log_scale.flatten())
-        return total / x_valid.shape[0], torch.cat(log_scales)
+    def _validate(self) -> dict[str, float]:
+        """The comparable measure on the fixed validation subset, logged as valid/...;
+        also reconstructions, prior samples and the refined q's log-scales."""
+        train = self.config.train
+        x = self.data.x["valid"][: train.valid_num_points]
+        report = measure_gaps(self.model, x, self.config.eval, num_samples=train.valid_num_samples)
+        summary = report.summary()
+        summary["elbo_encoder"] = summary["elbo_amortized"]
+        values = {key: summary[key] for key in VALID_KEYS if summary[key] is not None}
+        for key, value in values.items():
+            self.scalar(f"valid/{key}", value)
+        step = self.position.step
+        self.writer.add_histogram("posterior/log_scale", report.log_scale.flatten(), step)
+        if self.data.image_shape is not None:
+            self._log_images(x, report.loc)
+        metrics = {f"valid_{key}": value for key, value in values.items()}
+        metrics.update({f"valid_{key}_se": summary[f"{key}_se"] for key in ("elbo_refined", "log_px")})
+        return metrics
 
-    def _log_images(self, x_valid: Tensor) -> None:
+    @torch.no_grad()
+    def _log_images(self, x: Tensor, loc: Tensor) -> None:
         decoder, shape, step = self.model.decoder, self.data.image_shape, self.position.step
-        num = min(self.config.train.num_images // 2, x_valid.shape[0])
-        x = x_valid[:num]
-        loc, _ = self.model.posterior.infer(decoder, x)
-        pairs = torch.stack([x, decoder.mean(loc)], dim=1).flatten(0, 1)  # (2 num, P): data, reconstruction
+        num = min(self.config.train.num_images // 2, x.shape[0])
+        pairs = torch.stack([x[:num], decoder.mean(loc[:num])], dim=1).flatten(0, 1)  # (2 num, P)
         self.writer.add_image("images/reconstructions", image_grid(pairs, shape), step)
         samples = decoder.mean(self.prior_z.to(x.device))
         self.writer.add_image("images/prior_samples", image_grid(samples, shape), step)
 
-    def _measure_gaps(self, x_valid: Tensor) -> dict[str, float]:
-        train = self.config.train
-        report = measure_gaps(
-            self.model,
-            x_valid[: train.gaps_num_points],
-            self.config.eval,
-            num_samples=train.gaps_num_samples,
-            progress=False,
-        )
-        summary = report.summary()
-        for name in ("amortization_gap", "approximation_gap", "inference_gap", "elbo_refined", "log_px"):
-            if summary[name] is not None:
-                self.writer.add_scalar(f"gaps/{name}", summary[name], self.position.step)
-        return {k: v for k, v in summary.items() if isinstance(v, float)}
+    def _row_gap(self) -> dict[str, float]:
+        """How far the posterior's q of training points is from their own optimum L[q*_i]."""
+        num = min(self.config.train.gaps_num_points, self.data.num_train)
+        x = self.data.x["train"][:num]
+        gap = measure_row_gap(self.model, x, torch.arange(num, device=x.device), self.config.eval)
+        mean, se = gap.mean().item(), standard_error(gap.cpu().numpy())
+        self.scalar("train/row_gap", mean)
+        return {"row_gap": mean, "row_gap_se": se}
 
-    def _summary(self, epoch_metrics: dict[str, Any]) -> dict[str, Any]:
+    def _summary(self) -> dict[str, Any]:
+        """The last epoch's values, each measure from the latest epoch that has it."""
         position = self.position
+        latest: dict[str, Any] = {}
+        for entry in self.history:
+            latest.update(entry)
         return {
-            "train_elbo": epoch_metrics.get("train_elbo"),
-            "valid_elbo": epoch_metrics["valid_elbo"],
-            "valid_inference": "encoder" if self.model.posterior.amortized else "inner loop from the prior",
+            **{k: v for k, v in latest.items() if k.startswith(("train_", "valid_", "row_gap"))},
+            "kind": self.config.inference.kind.value,
             "epochs": position.epoch,
             "steps": position.step,
             "seconds": position.seconds,
+            "train_seconds": position.step_seconds,
             "examples_per_second": position.examples / max(position.step_seconds, 1e-9),
             "history": self.history,
         }
