@@ -307,3 +307,32 @@ def test_storage_urls_are_checked_and_passwords_redacted(tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError, match="no study"):
         summarize_study(config)
     assert main(["study", str(SMOKE), f"root={tmp_path}", "--summary"]) == 2
+
+
+def test_study_folder_is_bound_to_its_storage_and_study(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "n_trials=1")
+    run_study(config, verbose=False)
+    other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    with pytest.raises(ConfigError, match="holds the trials of study 'smoke' in sqlite:///"):
+        run_study(config, storage=other, verbose=False)
+    assert len(load(config).trials) == 1  # nothing ran, nothing counted
+    assert not optuna.get_all_study_summaries(StorageLocation(url=other).open())  # nor was it created
+
+
+def test_harness_failure_does_not_consume_the_trial_budget(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "n_trials=2")
+    (tmp_path / "smoke" / "trial_0000").mkdir(parents=True)
+    (tmp_path / "smoke" / "trial_0000" / "stray.txt").write_text("left by hand")
+    with pytest.raises(study_module.TrialHarnessError, match="trial 0"):
+        run_study(config, verbose=False)
+    (trial,) = load(config).trials
+    assert trial.state == TrialState.FAIL and "harness_error" in trial.user_attrs
+    assert not study_module.counts_toward_target(trial)
+    trials = run_study(config, verbose=False).trials  # the re-run runs the whole budget
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", ""])
+def test_study_name_must_be_one_safe_path_component(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="name"):
+        smoke_config(tmp_path, f"name='{name}'")

@@ -12,8 +12,13 @@ PostgreSQL/MySQL URL lets workers on several machines share one study.
 Resuming. `n_trials` is the study's target, not a per-invocation count: a trial counts once
 it is complete, pruned, or failed with an error (user attr `error`). Re-running the same
 command runs only what is missing, so an interrupted study resumes and a finished one does
-nothing; raise `n_trials=` to extend it. A trial stopped from outside (Ctrl-C, a killed
-worker) is FAIL without an `error` attr, does not count, and so is replaced on resume.
+nothing; raise `n_trials=` to extend it. A trial stopped from outside (Ctrl-C, SIGTERM, a
+killed worker) is FAIL without an `error` attr, does not count, and so is replaced on
+resume; the worker that got the signal saves the trial's checkpoint and takes no more
+trials. A trial failed by the harness rather than by its parameters (an OSError: its
+folder exists, the disk is full) is FAIL with `harness_error`: it does not count either,
+and the study stops with that error. The study folder is bound to its storage and study
+name (`study_folder.py`).
 
 Stale trials. A worker killed mid-trial leaves it RUNNING. On RDB storages Optuna's heartbeat
 fails it once it is stale (`fail_stale_trials`, run before every trial). On every storage,
@@ -27,6 +32,7 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +48,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from vi_lab.config import Config, override
+from vi_lab.stopping import Terminated, exit_code, graceful_stop, signal_of
 from vi_lab.study_config import (
     OBJECTIVE_KEYS,
     ParamSpec,
@@ -56,6 +63,7 @@ from vi_lab.study_config import (
     save_study_config,
     trial_overrides,
 )
+from vi_lab.study_folder import bind_study_folder
 from vi_lab.training import train
 
 SQLITE_FILE = "study.db"
@@ -67,6 +75,10 @@ RDB_BACKENDS = ("sqlite", "postgresql", "mysql")
 
 class StudyWorkerError(RuntimeError):
     """A worker process died; its trial is marked failed and re-running the command resumes."""
+
+
+class TrialHarnessError(RuntimeError):
+    """A trial failed for a reason outside its parameters (an OSError); the study stops."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +262,9 @@ def make_objective(
                 raise ValueError(f"objective {', '.join(bad)} is missing or not finite: {values}")
         except optuna.TrialPruned:
             raise
+        except OSError as error:  # the harness, not the parameters: does not count toward n_trials
+            trial.set_user_attr("harness_error", f"{type(error).__name__}: {error}")
+            raise TrialHarnessError(f"trial {trial.number}: {error}") from error
         except Exception as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             raise
@@ -346,11 +361,28 @@ def work(
 
     def log(study: optuna.Study, trial: FrozenTrial) -> None:
         _say(verbose, _trial_line(config, trial))
+        if "harness_error" in trial.user_attrs:
+            raise TrialHarnessError(
+                f"trial {trial.number} failed outside its parameters: {trial.user_attrs['harness_error']}"
+            )
 
-    for _ in range(share):
-        if num_taken(study) >= config.n_trials:
-            break  # other machines have filled the study
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[log])
+    with graceful_stop():  # SIGTERM between trials stops the worker too
+        for _ in range(share):
+            if num_taken(study) >= config.n_trials:
+                break  # other machines have filled the study
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[log])
+
+
+def _work_in_process(*job: Any) -> None:
+    """`work` in a spawned process: a signal or a harness error ends it with one line and its exit code."""
+    try:
+        work(*job)
+    except KeyboardInterrupt as stop:
+        print(f"study worker {os.getpid()}: stopped by {signal_of(stop).name}", file=sys.stderr, flush=True)
+        sys.exit(exit_code(stop))
+    except TrialHarnessError as error:
+        print(f"study worker {os.getpid()}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def run_study(
@@ -365,6 +397,7 @@ def run_study(
         raise ValueError(f"--workers must be >= 1, not {workers}")
     config.study_dir.mkdir(parents=True, exist_ok=True)
     location = resolve_storage(config, storage, workers)
+    bind_study_folder(config.study_dir, location.describe(), config.name, own_file=not storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, location, create=True)
     save_study_config(config, config.study_dir / "study.yaml")
@@ -403,15 +436,22 @@ def _spawn(jobs: list[tuple[Any, ...]]) -> None:
     """Run `work` in spawned processes (not forked: torch and its threads do not survive fork)."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=work, args=job, name=f"vi-lab-study-{i}") for i, job in enumerate(jobs)
+        context.Process(target=_work_in_process, args=job, name=f"vi-lab-study-{i}")
+        for i, job in enumerate(jobs)
     ]
     for process in processes:
         process.start()
     try:
         for process in processes:
             process.join()
-    except KeyboardInterrupt:
-        for process in processes:  # they got the SIGINT too: each saves its checkpoint and fails its trial
+    except KeyboardInterrupt as stop:
+        # Ctrl-C reaches the whole process group; a SIGTERM (`kill PID`) only this process: pass it on.
+        # Each worker saves its checkpoint, fails its trial and takes no more.
+        if isinstance(stop, Terminated):
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+        for process in processes:
             process.join(timeout=60)
         raise
     failed = [f"{p.name} (exit code {p.exitcode})" for p in processes if p.exitcode != 0]
