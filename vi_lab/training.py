@@ -7,12 +7,15 @@ is coordinate ascent for local runs (lecture 004) and joint VAE training for amo
 runs (Kingma & Welling 2014), with the same loop.
 
 The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and
-on Ctrl-C) and metrics.json. A non-finite loss stops the run before any checkpoint is
-written, so the last good one stays intact; `resume=True` continues from it exactly.
+on Ctrl-C or SIGTERM; the one before it as checkpoint.prev.pt) and metrics.json. A
+non-finite loss or validation ELBO stops the run before any checkpoint is written, so the
+last good one stays intact; `resume=True` continues from it exactly, under the rules of
+`resume.py`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,14 +28,17 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from vi_lab import resume as resuming
 from vi_lab.board import image_grid, write_hparams, write_json
-from vi_lab.checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from vi_lab.config import Config, flatten, save_config, to_dict
+from vi_lab.checkpoint import FILENAME, PREVIOUS, CheckpointError, load_checkpoint, save_checkpoint
+from vi_lab.config import Config, flatten, from_dict, save_config, to_dict
 from vi_lab.data import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.gaps import measure_gaps
 from vi_lab.model import LatentVariableModel, build_model
 from vi_lab.objectives import elbo
+from vi_lab.progress import progress_bar
 from vi_lab.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from vi_lab.stopping import graceful_stop, signal_of, signals_deferred
 
 METRIC_TAGS = ["valid/elbo", "train/elbo", "charts/examples_per_second", "charts/seconds"]
 GAP_TAGS = [
@@ -87,29 +93,47 @@ def train(
     position, history = Position(), []
 
     if resume:
-        state = load_checkpoint(run_dir / FILENAME)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(run_dir)
+        changes = resuming.check_resume(from_dict(state["config"]), config, state["position"]["epoch"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{run_dir}: the checkpoint does not fit the model: {error}") from None
+        resuming.apply_to_optimizer(optimizer, config)
         set_rng_state(state["rng"])
         position, history = Position(**state["position"]), state["history"]
+        resuming.record_resume(run_dir, config, changes, position.step)
     else:
-        if (run_dir / FILENAME).exists():
-            raise FileExistsError(
-                f"{run_dir} already holds a run: resume it with --resume, or pick another folder"
-            )
+        _check_fresh(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
-    writer = SummaryWriter(str(run_dir))
+    # on resume, drop the events logged after the checkpoint (a run killed mid-epoch logged them)
+    writer = SummaryWriter(str(run_dir), purge_step=position.step + 1 if resume else None)
     if not resume:
         metric_tags = METRIC_TAGS + (GAP_TAGS if config.train.gaps_every else [])
         write_hparams(writer, hparams or flatten(to_dict(config)), metric_tags)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     loop = _Loop(config, run_dir, data, model, optimizer, writer, position, history)
+    if resume:
+        loop.restore_epoch_sums(state.get("epoch_sums"))
     try:
-        return loop.run(on_epoch)
+        with graceful_stop():
+            return loop.run(on_epoch)
     finally:
         writer.close()
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """A new run needs a folder without a run in it: not even the leftovers of a failed start."""
+    if (run_dir / FILENAME).exists() or (run_dir / PREVIOUS).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another one")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"{run_dir} holds files but no checkpoint (left by a run stopped before its first one): "
+            "delete the folder or pick another"
+        )
 
 
 class _Loop:
@@ -139,14 +163,14 @@ class _Loop:
     def run(self, on_epoch: EpochCallback | None) -> dict[str, Any]:
         train = self.config.train
         per_epoch = num_batches(self.data.num_train, train.batch_size)
-        bar = tqdm(
+        bar = progress_bar(
             total=train.epochs * per_epoch,
             initial=self.position.epoch * per_epoch + self.position.batch,
             desc=self.run_dir.name,
-            disable=not self.config.progress,
+            enabled=self.config.progress,
             dynamic_ncols=True,
         )
-        metrics = self.history[-1] if self.history else {}
+        metrics = self._summary(self.history[-1]) if self.history else {}
         try:
             while self.position.epoch < train.epochs:
                 epoch_started = time.perf_counter()
@@ -154,10 +178,13 @@ class _Loop:
                 metrics = self._end_epoch(train_metrics, epoch_started)
                 if on_epoch is not None:
                     on_epoch(self.position.epoch, metrics)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             self._flush_window()  # never save parameters that a non-finite step has touched
             self._save()
-            bar.write(f"interrupted: checkpoint saved at step {self.position.step} in {self.run_dir}")
+            bar.write(
+                f"interrupted by {signal_of(stop).name}: checkpoint saved at step {self.position.step} "
+                f"in {self.run_dir}; continue with `vi-lab train --resume {self.run_dir}`"
+            )
             raise
         finally:
             bar.close()
@@ -167,7 +194,8 @@ class _Loop:
         config, model, position = self.config, self.model, self.position
         generator = epoch_generator(config.seed, position.epoch, self.data.x["train"].device)
         x_epoch = self.data.epoch_train(generator)
-        self.epoch_sums, self.epoch_count = None, 0
+        if position.batch == 0:  # else resumed mid-epoch, with the sums so far from the checkpoint
+            self.epoch_sums, self.epoch_count = None, 0
         started = time.perf_counter()
         for x, idx in batches(x_epoch, config.train.batch_size, generator, start=position.batch):
             stats = model.posterior.update(model.decoder, x, idx)
@@ -212,7 +240,7 @@ class _Loop:
         rows = torch.stack(self.window)  # (W, T)
         finite = torch.isfinite(rows).all(1)  # (W,)
         if not bool(finite.all()):
-            step = self.position.step - len(self.window) + int((~finite).nonzero()[0])
+            step = self.position.step - len(self.window) + int((~finite).nonzero()[0]) + 1  # as logged
             kept = (
                 f"the last good checkpoint in {self.run_dir} is kept"
                 if (self.run_dir / FILENAME).exists()
@@ -235,6 +263,12 @@ class _Loop:
         model.eval()
         x_valid = self.data.x["valid"]
         valid_elbo, valid_log_scale = self._validate(x_valid)
+        if not math.isfinite(valid_elbo):
+            raise NonFiniteLossError(
+                f"the validation ELBO became non-finite after epoch {position.epoch + 1} "
+                f"(step {position.step}); "
+                f"the last good checkpoint in {self.run_dir} is kept. Try a smaller train.lr."
+            )
         writer.add_scalar("valid/elbo", valid_elbo, position.step)
         writer.add_histogram("posterior/log_scale", valid_log_scale, position.step)
         if self.data.image_shape is not None:
@@ -251,14 +285,15 @@ class _Loop:
             epoch_metrics.update({f"gaps_{name}": value for name, value in gaps.items()})
         model.train()
 
-        position.epoch += 1
-        position.batch = 0
-        position.seconds += time.perf_counter() - epoch_started
-        writer.add_scalar("charts/seconds", position.seconds, position.step)
-        self.history.append(epoch_metrics)
-        metrics = self._summary(epoch_metrics)
-        write_json(metrics, self.run_dir / "metrics.json")
-        self._save()
+        with signals_deferred():  # the epoch is done in full or not at all, on disk as in memory
+            position.epoch += 1
+            position.batch = 0
+            position.seconds += time.perf_counter() - epoch_started
+            writer.add_scalar("charts/seconds", position.seconds, position.step)
+            self.history.append(epoch_metrics)
+            metrics = self._summary(epoch_metrics)
+            self._save()  # before metrics.json, which must never be ahead of the checkpoint
+            write_json(metrics, self.run_dir / "metrics.json")
         return metrics
 
     def _validate(self, x_valid: Tensor) -> tuple[float, Tensor]:
@@ -319,6 +354,19 @@ class _Loop:
                 "position": asdict(self.position),
                 "history": self.history,
                 "config": to_dict(self.config),
+                "epoch_sums": self._epoch_sums_state(),
             },
             self.run_dir / FILENAME,
         )
+
+    def _epoch_sums_state(self) -> dict[str, Any] | None:
+        """The finished batches of the epoch in progress: so a resume reports the whole epoch."""
+        if self.epoch_sums is None:
+            return None
+        return {"names": self.names, "sums": self.epoch_sums.cpu(), "count": self.epoch_count}
+
+    def restore_epoch_sums(self, state: dict[str, Any] | None) -> None:
+        if state is not None and self.position.batch > 0:
+            device = self.data.x["train"].device
+            self.names, self.epoch_count = state["names"], state["count"]
+            self.epoch_sums = state["sums"].to(device)
