@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vi_lab.config import LocalFitConfig, load_config
+from vi_lab.config import InnerLoopConfig, load_config
 from vi_lab.data import load_data
 from vi_lab.decoders import build_decoder
 from vi_lab.posteriors import LocalPosterior
@@ -74,7 +74,7 @@ def reference_amortized(num_train: int, epochs: int, device: torch.device) -> fl
 
 
 def lab_inner_loop(decoder: nn.Module, x: torch.Tensor, steps: int) -> float:
-    config = LocalFitConfig(max_steps=steps, lr=0.05, tol=-1e9)  # never stops early: exactly K steps
+    config = InnerLoopConfig(max_steps=steps, lr=0.05, tol=-1e9)  # never stops early: exactly K steps
     posterior = LocalPosterior(x.shape[0], 50, config).to(x.device)
     started = time.perf_counter()
     for begin in range(0, x.shape[0], 100):

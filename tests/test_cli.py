@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[1]
 
@@ -25,7 +26,7 @@ def test_smoke_train_evaluate_resume(tmp_path, kind):
         "train", "configs/smoke.yaml", f"inference.kind={kind}", "progress=false", "--run-dir", str(run_dir)
     )
     assert done.returncode == 0, done.stderr
-    assert "valid ELBO" in done.stdout
+    assert "valid L[q*]" in done.stdout and "log p(x)" in done.stdout
     done = vi_lab("train", "--resume", str(run_dir), "train.epochs=3")
     assert done.returncode == 0, done.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 15
@@ -56,3 +57,36 @@ def test_settings_may_follow_options(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
     done = vi_lab("compare", str(tmp_path / "run"), "--bogus")
     assert done.returncode == 2 and "--bogus" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: {epochs: [1\n", "is not valid YAML"),
+        ("- train\n- eval\n", "the top level is a list"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_malformed_yaml_is_one_clear_line(tmp_path, command, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    done = vi_lab(command, str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert message in done.stderr and str(path) in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_clear_line(tmp_path):
+    done = vi_lab("train", "configs/smoke.yaml", "device=cuda", "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "device" in done.stderr and "CUDA is not available" in done.stderr
+
+
+def test_late_settings_are_checked_before_work(tmp_path):
+    run_dir = tmp_path / "run"
+    done = vi_lab("train", "configs/smoke.yaml", "train.epochs=1", "progress=false", f"--run-dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    for setting, key in [("ais.num_steps=0", "ais.num_steps"), ("memory_budget_mb=0", "memory_budget_mb")]:
+        done = vi_lab("evaluate", str(run_dir), "estimator=ais", setting)
+        assert done.returncode == 2 and key in done.stderr and "Traceback" not in done.stderr
+    assert not (run_dir / "eval").exists()

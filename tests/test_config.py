@@ -50,3 +50,23 @@ def test_override_without_equals_sign_says_how():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("eval.ais.num_steps=0", "eval.ais.num_steps"),
+        ("eval.ais.step_size=0", "eval.ais.step_size"),
+        ("eval.memory_budget_mb=0", "eval.memory_budget_mb"),
+    ],
+)
+def test_every_setting_is_checked_when_the_config_is_built(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_yaml_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level is a list"):
+        load_config(path)

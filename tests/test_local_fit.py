@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from vi_lab.config import EvalConfig, InnerLoopConfig, LocalFitConfig
+from vi_lab.config import EvalConfig, InnerLoopConfig
 from vi_lab.local_fit import RowState, fit_local
 from vi_lab.posteriors import LocalPosterior
 
@@ -193,4 +193,3 @@ def test_the_check_compares_the_same_noise_for_both_windows(linear_model, linear
     params = torch.randn(50, 2, 4) * 0.3
     gain, se = window_gain(linear_model, linear_data[:50], params, params.clone(), 8)
     assert torch.equal(gain, torch.zeros(50)) and torch.equal(se, torch.zeros(50))
-    assert isinstance(LocalFitConfig().check_samples, int)

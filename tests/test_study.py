@@ -481,3 +481,62 @@ def test_postgres_study_shared_by_invocations_survives_a_killed_worker(
     assert trials[killed.number].state == TrialState.FAIL
     (retried,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retried.state == TrialState.COMPLETE and retried.params == killed.params
+
+
+def test_study_folder_is_bound_to_its_storage_and_study(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "n_trials=1")
+    run_study(config, verbose=False)
+    other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    with pytest.raises(ConfigError, match="holds the trials of study 'smoke' in sqlite:///"):
+        run_study(config, storage=other, verbose=False)
+    assert len(load(config).trials) == 1  # nothing ran, nothing counted
+    assert not optuna.get_all_study_summaries(StorageLocation(url=other).open())  # nor was it created
+
+
+def test_harness_failure_does_not_consume_the_trial_budget(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "n_trials=2")
+    (tmp_path / "smoke" / "trial_0000").mkdir(parents=True)
+    (tmp_path / "smoke" / "trial_0000" / "stray.txt").write_text("left by hand")
+    with pytest.raises(study_module.TrialHarnessError, match="trial 0"):
+        run_study(config, verbose=False)
+    (trial,) = load(config).trials
+    assert trial.state == TrialState.FAIL and "harness_error" in trial.user_attrs
+    assert trial.state not in study_module.TARGET_STATES
+    trials = run_study(config, verbose=False).trials  # the re-run runs the whole budget
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
+
+
+def test_a_url_from_the_environment_is_the_storage_the_folder_is_bound_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    run_study(smoke_config(tmp_path, "n_trials=1"), storage=url, verbose=False)
+    assert json.loads((tmp_path / "smoke" / "study.json").read_text()) == {"storage": url, "study": "smoke"}
+    monkeypatch.setenv(STORAGE_ENV, url)
+    run_study(smoke_config(tmp_path, "n_trials=2"), verbose=False)
+    assert len(load(smoke_config(tmp_path), StorageLocation(url=url)).trials) == 2
+    monkeypatch.setenv(STORAGE_ENV, f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(ConfigError, match="holds the trials of study 'smoke' in sqlite:///"):
+        run_study(smoke_config(tmp_path, "n_trials=3"), verbose=False)
+
+
+def test_harness_failure_in_a_spawned_worker_stops_the_study_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "smoke" / "trial_0000").mkdir(parents=True)
+    (tmp_path / "smoke" / "trial_0000" / "stray.txt").write_text("left by hand")
+    args = [f"root={tmp_path}", *TINY, "n_trials=2", "pruner.kind=none", "--workers", "2"]
+    with pytest.raises(SystemExit) as stop:
+        main(["study", str(SMOKE), *args])
+    assert stop.value.code == 2
+    assert "a trial failed outside its parameters" in capsys.readouterr().err
+    trials = load(smoke_config(tmp_path)).trials
+    assert trials[0].state == TrialState.FAIL and "harness_error" in trials[0].user_attrs
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert "harness failure (replaced on resume)" in summarize_study(smoke_config(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", ""])
+def test_study_name_must_be_one_safe_path_component(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="name"):
+        smoke_config(tmp_path, f"name='{name}'")

@@ -1,19 +1,22 @@
 """The `vi-lab` command: a thin layer over `train`, `evaluate_run` and friends.
 
 Each subcommand parses its arguments and calls one library function; errors that
-come from the user's input are printed as one clear line, without a traceback.
+come from the user's input are printed as one clear line, without a traceback (exit
+code 2), and a run stopped by SIGINT or SIGTERM exits with 130 or 143 after saving.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from vi_lab.checkpoint import FILENAME, load_checkpoint
+from vi_lab.checkpoint import load_checkpoint
 from vi_lab.config import ConfigError, from_dict, load_config, override
 from vi_lab.evaluate import compare_runs, evaluate_run, format_table
 from vi_lab.fashion_mnist import DataFileError
+from vi_lab.stopping import exit_code, signal_of
 from vi_lab.training import NonFiniteLossError, default_run_dir, train
 
 USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
@@ -22,7 +25,7 @@ USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, FileExistsError, V
 def _train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
-        config = override(from_dict(load_checkpoint(run_dir / FILENAME)["config"]), args.items)
+        config = override(from_dict(load_checkpoint(run_dir)["config"]), args.items)
     else:
         if not args.items:
             raise ConfigError("give a config file, e.g. `vi-lab train configs/smoke.yaml`")
@@ -48,7 +51,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from vi_lab.study import StudyWorkerError, run_study, summarize_study  # optuna loads only here
+    from vi_lab.study import StudyWorkerError, TrialHarnessError, run_study, summarize_study  # optuna here
     from vi_lab.study_config import load_study_config
 
     config = load_study_config(args.config, args.overrides)
@@ -59,6 +62,9 @@ def _study(args: argparse.Namespace) -> None:
         print(summarize_study(config, storage=args.storage))
         print(f"vi-lab study: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TrialHarnessError as error:
+        print(f"vi-lab study: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(summarize_study(config, storage=args.storage))
 
 
@@ -176,15 +182,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> str:
+    return f"vi-lab: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         args.handler(args)
     except USER_ERRORS as error:
         print(f"vi-lab {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"vi-lab {args.command}: stopped by {signal_of(stop).name}", file=sys.stderr)
+        return exit_code(stop)
     return 0
 
 

@@ -13,7 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -179,6 +180,11 @@ class AISConfig:
     num_chains: int = 16
     step_size: float = 0.05
 
+    def check(self) -> None:
+        for key in ("num_steps", "num_leapfrog", "num_chains"):
+            require(getattr(self, key) > 0, key, "must be positive")
+        require(self.step_size > 0, "step_size", "must be positive")
+
 
 @dataclass
 class EvalConfig:
@@ -203,6 +209,11 @@ class EvalConfig:
         require(self.num_points is None or self.num_points > 0, "num_points", "must be positive or null")
         require(self.num_samples > 0, "num_samples", "must be positive")
         require(self.batch_size > 0, "batch_size", "must be positive")
+        require(
+            self.memory_budget_mb is None or self.memory_budget_mb > 0,
+            "memory_budget_mb",
+            "must be positive or null (null: a default for the device)",
+        )
 
 
 class LRSchedule(str, Enum):
@@ -311,9 +322,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        sources.append(OmegaConf.load(path))
+        sources.append(load_yaml_mapping(path))
     sources.append(parse_overrides(list(overrides)))
     return build(Config, *sources)
+
+
+def load_yaml_mapping(path: str | Path) -> DictConfig:
+    """A YAML file whose top level is a mapping of keys; ConfigError (one line) for anything else."""
+    path = Path(path)
+    try:
+        node = yaml.compose(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML: {error.problem or error.context}{where}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if node is not None and not isinstance(node, yaml.MappingNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
+        raise ConfigError(f"{path}: the top level is {kind}; it must be a mapping of keys (key: value)")
+    loaded = OmegaConf.load(path)
+    assert isinstance(loaded, DictConfig)
+    return loaded
 
 
 def override(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:

@@ -35,12 +35,15 @@ ROWS = [
 def evaluate_run(
     run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True
 ) -> dict:
-    """Measure and save the gaps of one run; `overrides` are keys of the eval section."""
+    """Measure and save the gaps of one run; `overrides` are keys of the eval section.
+
+    The refinement's progress bar follows the run's `progress` setting (and `progress_bar`'s rules).
+    """
     run = load_run(run_dir)
     config = override(run.config.eval, overrides)
     x = run.data.x[config.split][: config.num_points]
     torch.manual_seed(run.config.seed)
-    report = measure_gaps(run.model, x, config, progress=progress)
+    report = measure_gaps(run.model, x, config, progress=progress and run.config.progress)
     summary = {
         "split": config.split,
         **report.summary(),

@@ -25,7 +25,8 @@ import zlib
 from typing import BinaryIO
 
 import numpy as np
-from tqdm import tqdm
+
+from vi_lab.progress import progress_bar
 
 
 class DataFileError(RuntimeError):
@@ -206,7 +207,7 @@ def _fetch(url: str, target: pathlib.Path) -> None:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             length = response.headers.get("Content-Length")
-            with tqdm(
+            with progress_bar(
                 total=int(length) if length else None, unit="B", unit_scale=True, desc=target.name
             ) as bar:
                 while chunk := response.read(CHUNK_BYTES):

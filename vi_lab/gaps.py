@@ -131,7 +131,7 @@ def measure_gaps(
     """
     decoder, posterior = model.decoder, model.posterior
     num_samples = num_samples or config.num_samples
-    budget = config.memory_budget_mb or memory_budget_mb(x.device)
+    budget = memory_budget_mb(x.device) if config.memory_budget_mb is None else config.memory_budget_mb
     with torch.no_grad():
         guess = posterior.guess(x)  # the encoder's q, or the prior for runs without one
         elbo_amortized = chunked_elbo(decoder, x, *guess, config.batch_size) if posterior.amortized else None

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from vi_lab.config import LocalFitConfig
 from vi_lab.local_fit import RowState, fit_local
 from vi_lab.objectives import Decoder
+from vi_lab.progress import progress_bar
 
 
 @dataclass
@@ -41,7 +41,7 @@ def refine(
     """Fit per-point q starting at (loc, log_scale); batched, no loop over points."""
     started = time.perf_counter()
     chunks = []
-    for begin in tqdm(range(0, x.shape[0], batch_size), desc="refine", disable=not progress, leave=False):
+    for begin in progress_bar(range(0, x.shape[0], batch_size), desc="refine", enabled=progress, leave=False):
         end = begin + batch_size
         rows = RowState.start_at(loc[begin:end], log_scale[begin:end])
         chunks.append(fit_local(decoder, x[begin:end], rows, config))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from vi_lab.checkpoint import FILENAME, load_checkpoint
+from vi_lab.checkpoint import FILENAME, PREVIOUS, CheckpointError, load_checkpoint, non_finite_parameters
 from vi_lab.config import Config, from_dict
 from vi_lab.data import Data, load_data
 from vi_lab.model import LatentVariableModel, build_model
@@ -31,9 +31,15 @@ class TrainedRun:
 def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
     """The run's model in eval mode, on `device` (default: the run's own setting)."""
     run_dir = Path(run_dir)
-    if not (run_dir / FILENAME).is_file():
+    if not (run_dir / FILENAME).is_file() and not (run_dir / PREVIOUS).is_file():
         raise FileNotFoundError(f"{run_dir} holds no {FILENAME}: pass a run folder written by `vi-lab train`")
-    state = load_checkpoint(run_dir / FILENAME)
+    state = load_checkpoint(run_dir)
+    bad = non_finite_parameters(state["model"])
+    if bad:
+        raise CheckpointError(
+            f"{run_dir}: {len(bad)} parameter tensors hold NaN or infinity ({', '.join(bad[:3])}, ...): "
+            "the run diverged; train it again with a smaller train.lr"
+        )
     config = from_dict(state["config"])
     target = resolve_device(device or config.device)
     data = load_data(config.data, target)

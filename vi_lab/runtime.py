@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from vi_lab.config import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
@@ -14,9 +16,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={name} was asked for but CUDA is not available here: use device=auto or cpu"
-        )
+        raise ConfigError(f"device: {name} was asked for but CUDA is not available here: use auto or cpu")
     return device
 
 

@@ -21,13 +21,21 @@ Parameters per worker. Trial n draws from its own sampler stream, seeded by (sam
 on any number of machines never draw the same stream, while one process with a fixed seed
 draws the same parameters for the same history, resumed or not.
 
-Dead workers. A worker killed mid-trial leaves it RUNNING, and it counts toward the target
-until it is reclaimed: failed, and its parameters queued to run again (Optuna's
-RetryHeartbeatStaleTrialCallback, formerly RetryFailedTrialCallback), with a printed line.
-On database storages any worker reclaims a trial whose heartbeat has been silent for
-`heartbeat.grace_period` seconds (checked before every trial); on every storage, each
-invocation reclaims at once the RUNNING trials whose worker (host and pid, recorded as user
-attrs) is on this machine and no longer alive.
+Stopped trials. A worker that gets SIGINT (Ctrl-C) or SIGTERM saves its trial's checkpoint,
+fails the trial without an `error` attr and takes no more trials (exit code 130 or 143);
+the trial does not count, so re-running the command replaces it with a new one. A trial
+failed by the harness rather than by its parameters (an OSError: its folder exists, the
+disk is full) is FAIL with user attr `harness_error`: it does not count either, and the
+worker stops with that error (exit code 2) instead of failing trial after trial. The study
+folder is bound to its storage and study name (`study_folder.py`).
+
+Dead workers. A worker killed outright (kill -9, a lost machine) leaves its trial RUNNING,
+and it counts toward the target until it is reclaimed: failed, and its parameters queued to
+run again (Optuna's RetryHeartbeatStaleTrialCallback, formerly RetryFailedTrialCallback),
+with a printed line. On database storages any worker reclaims a trial whose heartbeat has
+been silent for `heartbeat.grace_period` seconds (checked before every trial); on every
+storage, each invocation reclaims at once the RUNNING trials whose worker (host and pid,
+recorded as user attrs) is on this machine and no longer alive.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,6 +57,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from vi_lab.config import Config, override
+from vi_lab.stopping import Terminated, exit_code, graceful_stop, signal_of
 from vi_lab.study_config import (
     OBJECTIVE_KEYS,
     ParamSpec,
@@ -62,10 +72,12 @@ from vi_lab.study_config import (
     save_study_config,
     trial_overrides,
 )
+from vi_lab.study_folder import bind_study_folder, check_study_folder
 from vi_lab.study_storage import StorageLocation, in_study_dir, resolve_storage
 from vi_lab.training import train
 
 TARGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # what n_trials counts
+HARNESS_EXIT_CODE = 2  # a spawned worker stopped by a TrialHarnessError
 
 
 class StudyWorkerError(RuntimeError):
@@ -74,6 +86,10 @@ class StudyWorkerError(RuntimeError):
 
 class TargetReached(RuntimeError):
     """A trial created after the study already had n_trials done, running or queued: not run."""
+
+
+class TrialHarnessError(RuntimeError):
+    """A trial failed for a reason outside its parameters (an OSError); the study stops."""
 
 
 def open_study(
@@ -258,6 +274,9 @@ def make_objective(
                 raise ValueError(f"objective {', '.join(bad)} is missing or not finite: {values}")
         except optuna.TrialPruned:
             raise
+        except OSError as error:  # the harness, not the parameters: does not count toward n_trials
+            trial.set_user_attr("harness_error", f"{type(error).__name__}: {error}")
+            raise TrialHarnessError(f"trial {trial.number}: {error}") from error
         except Exception as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             raise
@@ -370,12 +389,29 @@ def work(config: StudyConfig, location: StorageLocation, num_threads: int | None
 
     def log(study: optuna.Study, trial: FrozenTrial) -> None:
         _say(verbose, _trial_line(config, trial))
+        if "harness_error" in trial.user_attrs:
+            raise TrialHarnessError(
+                f"trial {trial.number} failed outside its parameters: {trial.user_attrs['harness_error']}"
+            )
         errors.extend([trial.number] if "error" in trial.user_attrs else [])
         if len(errors) >= config.n_trials:
             study.stop()  # every trial fails: give up rather than loop
 
     target = MaxTrialsCallback(config.n_trials, states=TARGET_STATES)
-    study.optimize(objective, catch=(Exception,), callbacks=[log, target])
+    with graceful_stop():  # SIGTERM, in a trial or between trials, stops the worker like Ctrl-C
+        study.optimize(objective, catch=(Exception,), callbacks=[log, target])
+
+
+def _work_in_process(*job: Any) -> None:
+    """`work` in a spawned process: a signal or a harness error ends it with one line and its exit code."""
+    try:
+        work(*job)
+    except KeyboardInterrupt as stop:
+        print(f"study worker {os.getpid()}: stopped by {signal_of(stop).name}", file=sys.stderr, flush=True)
+        sys.exit(exit_code(stop))
+    except TrialHarnessError as error:
+        print(f"study worker {os.getpid()}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(HARNESS_EXIT_CODE)
 
 
 def run_study(
@@ -390,12 +426,15 @@ def run_study(
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, not {workers}")
     location = resolve_storage(config, storage, workers)
-    if in_study_dir(location, config):
+    own_file = in_study_dir(location, config)
+    check_study_folder(config.study_dir, location, config.name, own_file=own_file)  # before the storage
+    if own_file:
         config.study_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     reclaim = reclaimer(config, verbose)
     study = open_study(config, location, create=True, on_stale=reclaim)
     config.study_dir.mkdir(parents=True, exist_ok=True)
+    bind_study_folder(config.study_dir, location, config.name, own_file=own_file)
     save_study_config(config, config.study_dir / "study.yaml")
     fail_stale_trials(study, reclaim)
     counted = num_toward_target(study)
@@ -424,18 +463,31 @@ def _spawn(jobs: list[tuple[Any, ...]]) -> None:
     """Run `work` in spawned processes (not forked: torch and its threads do not survive fork)."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=work, args=job, name=f"vi-lab-study-{i}") for i, job in enumerate(jobs)
+        context.Process(target=_work_in_process, args=job, name=f"vi-lab-study-{i}")
+        for i, job in enumerate(jobs)
     ]
     for process in processes:
         process.start()
     try:
         for process in processes:
             process.join()
-    except KeyboardInterrupt:
-        for process in processes:  # they got the SIGINT too: each saves its checkpoint and fails its trial
+    except KeyboardInterrupt as stop:
+        # Ctrl-C reaches the whole process group; a SIGTERM (`kill PID`) only this process: pass it on.
+        # Each worker saves its checkpoint, fails its trial and takes no more.
+        if isinstance(stop, Terminated):
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+        for process in processes:
             process.join(timeout=60)
         raise
     failed = [f"{p.name} (exit code {p.exitcode})" for p in processes if p.exitcode != 0]
+    harness = [p.name for p in processes if p.exitcode == HARNESS_EXIT_CODE]
+    if harness:
+        raise TrialHarnessError(
+            f"{', '.join(harness)} stopped: a trial failed outside its parameters (see above); "
+            "fix the cause and re-run the command to resume"
+        )
     if failed:
         raise StudyWorkerError(f"study workers failed: {', '.join(failed)}; re-run the command to resume")
 
@@ -448,7 +500,8 @@ def _fmt(value: Any) -> str:
 
 def _seconds(trial: FrozenTrial) -> float:
     """Wall time of a trial that ended by itself (an interrupted one ended when it was found)."""
-    interrupted = trial.state == TrialState.FAIL and "error" not in trial.user_attrs
+    ended = "error" in trial.user_attrs or "harness_error" in trial.user_attrs
+    interrupted = trial.state == TrialState.FAIL and not ended
     return float("nan") if trial.duration is None or interrupted else trial.duration.total_seconds()
 
 
@@ -457,6 +510,8 @@ def _note(trial: FrozenTrial) -> str:
         return f"pruned after epoch {trial.last_step}" if trial.last_step is not None else "pruned"
     if trial.state == TrialState.FAIL and trial.user_attrs.get("surplus"):
         return "not run: the study had reached n_trials when it started"
+    if trial.state == TrialState.FAIL and "harness_error" in trial.user_attrs:
+        return f"harness failure (replaced on resume): {trial.user_attrs['harness_error']}"
     if trial.state == TrialState.FAIL:
         return trial.user_attrs.get("error", "interrupted (stopped from outside; replaced on resume)")
     if trial.state == TrialState.RUNNING:

@@ -12,6 +12,7 @@ value it cannot take) fails when the study file is loaded, not in trial 37.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -19,7 +20,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vi_lab.config import Config, ConfigError, build, load_config, override, parse_overrides, require
+from vi_lab.config import (
+    Config,
+    ConfigError,
+    build,
+    load_config,
+    load_yaml_mapping,
+    override,
+    parse_overrides,
+    require,
+)
 
 # objective name -> key of the metrics dict that `train` returns (train/row_gap needs
 # train.gaps_every > 0). Every valid/ measure means the same for every inference kind:
@@ -36,6 +46,7 @@ OBJECTIVE_KEYS = {
     "train_seconds": "train_seconds",
     "examples_per_second": "examples_per_second",
 }
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one path component: never "..", "/" or ""
 
 
 class ParamType(str, Enum):
@@ -193,9 +204,10 @@ class StudyConfig:
     def check(self) -> None:
         require(bool(self.name), "name", "must be a non-empty string")
         require(
-            all(c.isalnum() or c in "-_." for c in self.name),
+            SAFE_NAME.fullmatch(self.name) is not None,
             "name",
-            f"{self.name!r}: use letters, digits, - _ .",
+            f"{self.name!r} names the study folder {{root}}/{{name}}: use up to 100 ASCII letters, digits, "
+            "- _ . beginning with a letter or digit",
         )
         require(bool(self.base), "base", "name the train config the trials start from")
         require(self.n_trials > 0, "n_trials", "must be positive")
@@ -296,7 +308,7 @@ def load_study_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
                 f"{item.split('=')[0]}: search-space keys contain dots, so they cannot be overridden "
                 "on the command line; edit the study file"
             )
-    file = OmegaConf.load(path)
+    file = load_yaml_mapping(path)
     if "name" not in file or file.name is None:
         file.name = path.stem
     config = build(StudyConfig, file, parse_overrides(list(overrides)))

@@ -111,12 +111,15 @@ class StorageLocation:
     def backend(self) -> str:
         return sqlalchemy.engine.make_url(self.url).get_backend_name()
 
-    def describe(self) -> str:
-        """The location with any password replaced by ***: safe for logs."""
+    def describe(self, *, source: bool = True) -> str:
+        """The location with any password replaced by ***: safe for logs.
+
+        `source`: say which environment variable the URL came from, if any.
+        """
         if self.journal is not None:
             return f"journal file {self.journal}"
         text = sqlalchemy.engine.make_url(self.url).render_as_string(hide_password=True)
-        return f"{text} (from ${self.env})" if self.env else text
+        return f"{text} (from ${self.env})" if self.env and source else text
 
     def dashboard_command(self) -> str:
         """An optuna-dashboard command that can be pasted as printed: no password, no ***."""

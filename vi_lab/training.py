@@ -16,8 +16,10 @@ training clock as their wall time (seconds inside training steps since the run b
 so TensorBoard's "relative" axis compares runs at equal training time.
 
 The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and
-on Ctrl-C) and metrics.json. A non-finite loss stops the run before any checkpoint is
-written, so the last good one stays intact; `resume=True` continues from it exactly.
+on Ctrl-C or SIGTERM; the one before it as checkpoint.prev.pt) and metrics.json. A
+non-finite loss or validation ELBO stops the run before any checkpoint is written, so the
+last good one stays intact; `resume=True` continues from it exactly, under the rules of
+`resume.py`.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from vi_lab import resume as resuming
 from vi_lab.board import image_grid, write_hparams, write_json
-from vi_lab.checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from vi_lab.config import Config, LRSchedule, TrainConfig, flatten, save_config, to_dict
+from vi_lab.checkpoint import FILENAME, PREVIOUS, CheckpointError, load_checkpoint, save_checkpoint
+from vi_lab.config import Config, LRSchedule, TrainConfig, flatten, from_dict, save_config, to_dict
 from vi_lab.data import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.gaps import measure_gaps, measure_row_gap, standard_error
 from vi_lab.model import LatentVariableModel, build_model
 from vi_lab.objectives import elbo
+from vi_lab.progress import progress_bar
 from vi_lab.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from vi_lab.stopping import graceful_stop, signal_of, signals_deferred
 
 VALID_KEYS = ("elbo_refined", "log_px", "elbo_encoder", "amortization_gap", "approximation_gap")
 METRIC_TAGS = [
@@ -98,26 +103,33 @@ def train(
     position, history = Position(started=time.time()), []
 
     if resume:
-        state = load_checkpoint(run_dir / FILENAME)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(run_dir)
+        changes = resuming.check_resume(from_dict(state["config"]), config, state["position"]["epoch"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{run_dir}: the checkpoint does not fit the model: {error}") from None
+        resuming.apply_to_optimizer(optimizer, config)
         set_rng_state(state["rng"])
         position, history = Position(**state["position"]), state["history"]
+        resuming.record_resume(run_dir, config, changes, position.step)
     else:
-        if (run_dir / FILENAME).exists():
-            raise FileExistsError(
-                f"{run_dir} already holds a run: resume it with --resume, or pick another folder"
-            )
+        _check_fresh(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
-    writer = SummaryWriter(str(run_dir))
+    # on resume, drop the events logged after the checkpoint (a run killed mid-epoch logged them)
+    writer = SummaryWriter(str(run_dir), purge_step=position.step + 1 if resume else None)
     if not resume:
         write_hparams(writer, hparams or flatten(to_dict(config)), METRIC_TAGS)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     loop = _Loop(config, run_dir, data, model, optimizer, writer, position, history)
+    if resume:
+        loop.restore_epoch_sums(state.get("epoch_sums"))
     try:
-        return loop.run(on_epoch)
+        with graceful_stop():
+            return loop.run(on_epoch)
     finally:
         writer.close()
 
@@ -135,6 +147,17 @@ def learning_rate(train: TrainConfig, step: int, total_steps: int) -> float:
         return train.lr
     progress = min(1.0, step / max(total_steps, 1))
     return train.lr_min + 0.5 * (train.lr - train.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """A new run needs a folder without a run in it: not even the leftovers of a failed start."""
+    if (run_dir / FILENAME).exists() or (run_dir / PREVIOUS).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another one")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"{run_dir} holds files but no checkpoint (left by a run stopped before its first one): "
+            "delete the folder or pick another"
+        )
 
 
 class _Loop:
@@ -169,14 +192,14 @@ class _Loop:
 
     def run(self, on_epoch: EpochCallback | None) -> dict[str, Any]:
         train = self.config.train
-        bar = tqdm(
+        bar = progress_bar(
             total=train.epochs * self.steps_per_epoch,
             initial=self.position.epoch * self.steps_per_epoch + self.position.batch,
             desc=self.run_dir.name,
-            disable=not self.config.progress,
+            enabled=self.config.progress,
             dynamic_ncols=True,
         )
-        metrics = self.history[-1] if self.history else {}
+        metrics = self._summary() if self.history else {}
         try:
             while self.position.epoch < train.epochs:
                 epoch_started = time.perf_counter()
@@ -184,10 +207,13 @@ class _Loop:
                 metrics = self._end_epoch(train_metrics, epoch_started)
                 if on_epoch is not None:
                     on_epoch(self.position.epoch, metrics)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             self._flush_window()  # never save parameters that a non-finite step has touched
             self._save()
-            bar.write(f"interrupted: checkpoint saved at step {self.position.step} in {self.run_dir}")
+            bar.write(
+                f"interrupted by {signal_of(stop).name}: checkpoint saved at step {self.position.step} "
+                f"in {self.run_dir}; continue with `vi-lab train --resume {self.run_dir}`"
+            )
             raise
         finally:
             bar.close()
@@ -198,7 +224,8 @@ class _Loop:
         total_steps = config.train.epochs * self.steps_per_epoch
         generator = epoch_generator(config.seed, position.epoch, self.data.x["train"].device)
         x_epoch = self.data.epoch_train(generator)
-        self.epoch_sums, self.epoch_count = None, 0
+        if position.batch == 0:  # else resumed mid-epoch, with the sums so far from the checkpoint
+            self.epoch_sums, self.epoch_count = None, 0
         seconds_before, started = position.step_seconds, time.perf_counter()
         for x, idx in batches(x_epoch, config.train.batch_size, generator, start=position.batch):
             beta = kl_weight(config.train, position.step, self.steps_per_epoch)
@@ -248,7 +275,7 @@ class _Loop:
         rows = torch.stack(self.window)  # (W, T)
         finite = torch.isfinite(rows).all(1)  # (W,)
         if not bool(finite.all()):
-            step = self.position.step - len(self.window) + int((~finite).nonzero()[0])
+            step = self.position.step - len(self.window) + int((~finite).nonzero()[0]) + 1  # as logged
             kept = (
                 f"the last good checkpoint in {self.run_dir} is kept"
                 if (self.run_dir / FILENAME).exists()
@@ -284,14 +311,15 @@ class _Loop:
                 epoch_metrics.update(self._row_gap())
         model.train()
 
-        position.epoch += 1
-        position.batch = 0
-        position.seconds += time.perf_counter() - epoch_started
-        self.scalar("charts/seconds", position.seconds)
-        self.history.append(epoch_metrics)
-        metrics = self._summary()
-        write_json(metrics, self.run_dir / "metrics.json")
-        self._save()
+        with signals_deferred():  # the epoch is done in full or not at all, on disk as in memory
+            position.epoch += 1
+            position.batch = 0
+            position.seconds += time.perf_counter() - epoch_started
+            self.scalar("charts/seconds", position.seconds)
+            self.history.append(epoch_metrics)
+            metrics = self._summary()
+            self._save()  # before metrics.json, which must never be ahead of the checkpoint
+            write_json(metrics, self.run_dir / "metrics.json")
         return metrics
 
     def _validate(self) -> dict[str, float]:
@@ -299,10 +327,18 @@ class _Loop:
         also reconstructions, prior samples and the refined q's log-scales."""
         train = self.config.train
         x = self.data.x["valid"][: train.valid_num_points]
-        report = measure_gaps(self.model, x, self.config.eval, num_samples=train.valid_num_samples)
-        summary = report.summary()
-        summary["elbo_encoder"] = summary["elbo_amortized"]
-        values = {key: summary[key] for key in VALID_KEYS if summary[key] is not None}
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if finite:  # (refining q under a NaN decoder would only burn eval.refine.max_steps)
+            report = measure_gaps(self.model, x, self.config.eval, num_samples=train.valid_num_samples)
+            summary = report.summary()
+            summary["elbo_encoder"] = summary["elbo_amortized"]
+            values = {key: summary[key] for key in VALID_KEYS if summary[key] is not None}
+        if not finite or not all(math.isfinite(value) for value in values.values()):
+            raise NonFiniteLossError(
+                f"the validation ELBO became non-finite after epoch {self.position.epoch + 1} "
+                f"(step {self.position.step}); the last good checkpoint in {self.run_dir} is kept. "
+                "Try a smaller train.lr."
+            )
         for key, value in values.items():
             self.scalar(f"valid/{key}", value)
         step = self.position.step
@@ -357,6 +393,19 @@ class _Loop:
                 "position": asdict(self.position),
                 "history": self.history,
                 "config": to_dict(self.config),
+                "epoch_sums": self._epoch_sums_state(),
             },
             self.run_dir / FILENAME,
         )
+
+    def _epoch_sums_state(self) -> dict[str, Any] | None:
+        """The finished batches of the epoch in progress: so a resume reports the whole epoch."""
+        if self.epoch_sums is None:
+            return None
+        return {"names": self.names, "sums": self.epoch_sums.cpu(), "count": self.epoch_count}
+
+    def restore_epoch_sums(self, state: dict[str, Any] | None) -> None:
+        if state is not None and self.position.batch > 0:
+            device = self.data.x["train"].device
+            self.names, self.epoch_count = state["names"], state["count"]
+            self.epoch_sums = state["sums"].to(device)

@@ -1,0 +1,83 @@
+"""Stopping on SIGINT (Ctrl-C) and SIGTERM (`kill`, schedulers) without losing work.
+
+Python turns SIGINT into a KeyboardInterrupt raised wherever the main thread happens to
+be. Inside `torch.save` that can be a write callback of torch's zip writer, which then
+fails on exit ("unexpected pos") and hides the interrupt (Python docs, "Note on Signal
+Handlers and Exceptions": a handler that only records the signal is the safe pattern for
+critical sections). So:
+
+- `graceful_stop()` (around a whole run or study worker) makes SIGTERM behave like Ctrl-C:
+  it raises `Terminated`, a KeyboardInterrupt, so the same handlers save and stop;
+- `signals_deferred()` (around a checkpoint write) only records a signal, and raises it
+  once the write has completed, so the file on disk is always whole.
+
+Signal handlers belong to the process and run in the main thread; in any other thread
+both context managers do nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report them
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C (checkpoint, then stop), reported as SIGTERM."""
+
+
+def signal_of(error: KeyboardInterrupt) -> signal.Signals:
+    return signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
+
+
+def exit_code(error: KeyboardInterrupt) -> int:
+    return EXIT_CODES[signal_of(error)]
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(f"stopped by {signal.Signals(signum).name}")
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _handlers(handler: Callable[[int, FrameType | None], Any], signals: tuple[int, ...]) -> Iterator[None]:
+    previous = {number: signal.signal(number, handler) for number in signals}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, signal.SIG_DFL if old is None else old)
+
+
+@contextmanager
+def graceful_stop() -> Iterator[None]:
+    """SIGTERM raises `Terminated` (SIGINT keeps raising KeyboardInterrupt) until the block ends."""
+    if not _in_main_thread():
+        yield
+        return
+    with _handlers(_raise_terminated, (signal.SIGTERM,)):
+        yield
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Record SIGINT/SIGTERM during the block; deliver the first one to the outer handler after it."""
+    if not _in_main_thread():
+        yield
+        return
+    received: list[int] = []
+    try:
+        with _handlers(lambda signum, frame: received.append(signum), SIGNALS):
+            yield
+    finally:
+        if received:
+            signal.raise_signal(received[0])
