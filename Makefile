@@ -15,12 +15,12 @@ install:
 
 # Fashion-MNIST: the Debian package where we may install it, else the official files into ~/.cache.
 data: install
-	@if $(PYTHON) -c "import sys; from vi_lab.fashion_mnist import find_data_dir; sys.exit(find_data_dir() is None)"; then \
+	@if $(PYTHON) -c "import sys; from vi_lab.data.fashion_mnist import find_data_dir; sys.exit(find_data_dir() is None)"; then \
 		echo "Fashion-MNIST found"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else \
-		$(PYTHON) -c "from vi_lab.fashion_mnist import download, user_cache_dir; download(user_cache_dir())"; \
+		$(PYTHON) -c "from vi_lab.data.fashion_mnist import download, user_cache_dir; download(user_cache_dir())"; \
 	fi
 
 # A short comparison on Fashion-MNIST: train both modes on the same data for the same number

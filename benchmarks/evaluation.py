@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from vi_lab.config import load_config
-from vi_lab.data import load_data
-from vi_lab.decoders import build_decoder
-from vi_lab.gaussian import standard_normal_params
-from vi_lab.marginal import iwae_log_marginal
-from vi_lab.refine import refine
+from vi_lab.data.datasets import load_data
+from vi_lab.evaluation.iwae import iwae_log_marginal
+from vi_lab.inference.gaussian import standard_normal_params
+from vi_lab.inference.refine import refine
+from vi_lab.models.decoders import build_decoder
 from vi_lab.runtime import resolve_device
 
 ROOT = Path(__file__).parents[1]

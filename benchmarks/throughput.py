@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vi_lab.config import InnerLoopConfig, load_config
-from vi_lab.data import load_data
-from vi_lab.decoders import build_decoder
-from vi_lab.posteriors import LocalPosterior
+from vi_lab.data.datasets import load_data
+from vi_lab.models.decoders import build_decoder
+from vi_lab.models.posteriors import LocalPosterior
 from vi_lab.runtime import resolve_device
-from vi_lab.training import train
+from vi_lab.train import train
 
 ROOT = Path(__file__).parents[1]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from vi_lab import training
+from vi_lab import train as training
 from vi_lab.config import load_config
-from vi_lab.evaluate import evaluate_run
+from vi_lab.evaluation.evaluate import evaluate_run
 
 ROOT = Path(__file__).parents[1]
 BAR = "from vi_lab.progress import progress_bar\nfor _ in progress_bar(range(3), desc='bar'): pass\n"

@@ -1,3 +1,8 @@
-"""vi_lab: one decoder, trained by amortized or per-datapoint inference, and the gaps between them."""
+"""vi_lab: one decoder, trained by amortized or per-datapoint inference, and the gaps between them.
 
-__version__ = "0.1.0"
+Subpackages, one concept each, from the ground up: `data` (the observed x), `inference`
+(the ELBO and fitting q), `models` (decoders, encoders, the two posteriors), `runs`
+(run-folder I/O), `evaluation` (log p(x) and the gaps); then `train.py` (the training loop),
+`uses` (what a trained run is for), `study` (Optuna searches) and `cli.py`. Each imports
+only from the ones before it.
+"""

@@ -12,12 +12,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from vi_lab.checkpoint import load_checkpoint
 from vi_lab.config import ConfigError, from_dict, load_config, override
-from vi_lab.evaluate import compare_runs, evaluate_run, format_table
-from vi_lab.fashion_mnist import DataFileError
-from vi_lab.stopping import exit_code, signal_of
-from vi_lab.training import NonFiniteLossError, default_run_dir, train
+from vi_lab.data.fashion_mnist import DataFileError
+from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
+from vi_lab.runs.checkpoint import load_checkpoint
+from vi_lab.runs.stopping import exit_code, signal_of
+from vi_lab.train import NonFiniteLossError, default_run_dir, train
 
 USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
 
@@ -51,8 +51,13 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from vi_lab.study import StudyWorkerError, TrialHarnessError, run_study, summarize_study  # optuna here
-    from vi_lab.study_config import load_study_config
+    from vi_lab.study.config import load_study_config
+    from vi_lab.study.runner import (  # optuna here
+        StudyWorkerError,
+        TrialHarnessError,
+        run_study,
+        summarize_study,
+    )
 
     config = load_study_config(args.config, args.overrides)
     try:
@@ -68,20 +73,20 @@ def _study(args: argparse.Namespace) -> None:
     print(summarize_study(config, storage=args.storage))
 
 
-# The uses of a trained run (issue 5): gradvar, sample, anomaly, impute, embed. Each handler
+# The uses of a trained run: gradvar, sample, anomaly, impute, embed. Each handler
 # imports its module itself, so that `vi-lab train` does not load them.
 _SETTINGS_HELP = "settings (e.g. {})"
 
 
 def _gradvar(args: argparse.Namespace) -> None:
-    from vi_lab.estimators import format_gradvar, gradvar_run
+    from vi_lab.uses.gradvar import format_gradvar, gradvar_run
 
     print(format_gradvar(gradvar_run(args.run_dir, args.overrides)))
     print(f"\nwritten: {Path(args.run_dir) / 'uses' / 'gradvar.json'}")
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from vi_lab.generate import sample_run
+    from vi_lab.uses.sample import sample_run
 
     extra = [] if args.num is None else [f"num={args.num}"]
     for path in sample_run(args.run_dir, [*args.overrides, *extra]).values():
@@ -89,14 +94,14 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _anomaly(args: argparse.Namespace) -> None:
-    from vi_lab.anomaly import anomaly_run, format_anomaly
+    from vi_lab.uses.anomaly import anomaly_run, format_anomaly
 
     print(format_anomaly(anomaly_run(args.run_dir, args.ood, args.overrides)))
     print(f"\nwritten: {Path(args.run_dir) / 'uses' / 'anomaly.json'}")
 
 
 def _impute(args: argparse.Namespace) -> None:
-    from vi_lab.impute import format_impute, impute_run
+    from vi_lab.uses.impute import format_impute, impute_run
 
     summary = impute_run(args.run_dir, args.mask, args.overrides)
     print(format_impute(summary))
@@ -104,7 +109,7 @@ def _impute(args: argparse.Namespace) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from vi_lab.embed import embed_run
+    from vi_lab.uses.embed import embed_run
 
     summary = embed_run(args.run_dir, args.overrides)
     print(

@@ -125,7 +125,7 @@ class ModelConfig:
 
 @dataclass
 class LocalFitConfig:
-    """Adam on per-datapoint (loc, log_scale) with the decoder frozen (see `local_fit.py`).
+    """Adam on per-datapoint (loc, log_scale) with the decoder frozen (see `inference/local_fit.py`).
 
     Every `check_every` steps each row's gain over the window is estimated with common
     random numbers (`check_samples` draws). A window without significant progress (at

@@ -1,0 +1,159 @@
+"""Annealed importance sampling of log p(x) with HMC transitions (Neal 2001; Wu et al. 2017).
+
+Chains start from q = N(loc, diag scale^2) and move through the intermediate densities
+    f_t(z) = (1 - beta_t) log q(z) + beta_t log p(x, z),   0 = beta_0 < ... < beta_T = 1.
+The log weight of a chain is sum_t [f_t(z_{t-1}) - f_{t-1}(z_{t-1})], valid for any kernel
+that leaves f_t invariant; here one HMC move (exact Metropolis-Hastings accept/reject)
+per step. The per-point step size moves by +-2% a step towards a target acceptance rate
+pooled over the point's chains, as in Wu et al.'s BDMC code. Strictly, a step size tuned
+on the chains' own past biases E[weight] slightly (measured on the test model: +0.7% with
+one chain, about +0.1% with 16). The estimate, logsumexp over chains of log weights
+- log C, is a stochastic lower bound on log p(x).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from vi_lab.evaluation.iwae import check_inputs
+from vi_lab.inference import gaussian
+from vi_lab.inference.objectives import Decoder, log_joint
+from vi_lab.runtime import bytes_per_pair
+
+SCHEDULES = ("sigmoid", "geometric", "linear")
+
+
+def annealing_schedule(num_steps: int, schedule: str = "sigmoid") -> list[float]:
+    """beta_0 = 0, ..., beta_T = 1 as T + 1 increasing floats.
+
+    sigmoid: normalized sigmoid(4 (2t/T - 1)) (Grosse et al. 2015); geometric: 1e-4 ** (1 - t/T)
+    for t >= 1; linear: t / T.
+    """
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps  # (T + 1,)
+    if schedule == "sigmoid":
+        s = torch.sigmoid(4.0 * (2.0 * t - 1.0))
+        betas = (s - s[0]) / (s[-1] - s[0])
+    elif schedule == "geometric":
+        betas = torch.where(t > 0, 1e-4 ** (1.0 - t), 0.0)
+    elif schedule == "linear":
+        betas = t
+    else:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return betas.tolist()
+
+
+class _Chains(NamedTuple):
+    z: Tensor  # (C, B, D)
+    log_p: Tensor  # (C, B) log p(x, z)
+    log_q: Tensor  # (C, B) log q(z)
+    grad_log_p: Tensor  # (C, B, D) grad_z log p(x, z)
+
+
+def _evaluate(decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, z: Tensor) -> _Chains:
+    """Densities at z, with the gradient taken w.r.t. z only (parameters get no .grad)."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        log_p = log_joint(decoder, x, z)  # (C, B)
+        (grad,) = torch.autograd.grad(log_p.sum(), z)
+    return _Chains(z.detach(), log_p.detach(), gaussian.log_density(z.detach(), loc, log_scale), grad)
+
+
+def _hmc_move(
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    beta: float,
+    eps: Tensor,
+    num_leapfrog: int,
+    chains: _Chains,
+) -> tuple[_Chains, Tensor]:
+    """One HMC move leaving f_beta invariant; returns the new chains and the acceptances (C, B)."""
+    inv_var = torch.exp(-2.0 * log_scale)  # (B, D)
+
+    def grad_f(c: _Chains) -> Tensor:
+        return (1.0 - beta) * (loc - c.z) * inv_var + beta * c.grad_log_p  # (C, B, D)
+
+    def f(c: _Chains) -> Tensor:
+        return (1.0 - beta) * c.log_q + beta * c.log_p  # (C, B)
+
+    # a random step-size jitter, drawn independently of the state, breaks the periodic
+    # orbits of fixed-length trajectories on near-Gaussian targets without breaking invariance
+    eps = eps * (0.8 + 0.4 * torch.rand_like(chains.log_p)[..., None])  # (C, B, 1)
+    p0 = torch.randn_like(chains.z)  # (C, B, D)
+    p = p0 + 0.5 * eps * grad_f(chains)
+    proposal = chains
+    for step in range(num_leapfrog):
+        proposal = _evaluate(decoder, x, loc, log_scale, proposal.z + eps * p)
+        p = p + (eps if step < num_leapfrog - 1 else 0.5 * eps) * grad_f(proposal)
+    log_accept = f(proposal) - 0.5 * p.pow(2).sum(-1) - f(chains) + 0.5 * p0.pow(2).sum(-1)  # (C, B)
+    accept = torch.rand_like(log_accept).log() < log_accept  # (C, B); NaN proposals are rejected
+    kept = [
+        torch.where(accept[..., None] if new.dim() == 3 else accept, new, old)
+        for new, old in zip(proposal, chains, strict=True)
+    ]
+    return _Chains(*kept), accept
+
+
+def _ais_chunk(
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    betas: list[float],
+    num_leapfrog: int,
+    num_chains: int,
+    step_size: float,
+    target_acceptance: float,
+) -> Tensor:
+    """AIS estimate (B,) for the points of one chunk, all chains batched."""
+    chains = _evaluate(decoder, x, loc, log_scale, gaussian.sample(loc, log_scale, num_chains))
+    log_w = torch.zeros_like(chains.log_p)  # (C, B)
+    eps = torch.full((1, x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (1, B, 1)
+    for beta_prev, beta in itertools.pairwise(betas[:-1]):  # one HMC move for each 0 < beta_t < 1
+        log_w += (beta - beta_prev) * (chains.log_p - chains.log_q)
+        chains, accept = _hmc_move(decoder, x, loc, log_scale, beta, eps, num_leapfrog, chains)
+        rate = accept.to(x.dtype).mean(0)  # (B,)
+        eps = eps * torch.where(rate > target_acceptance, 1.02, 0.98)[None, :, None]
+    log_w += (1.0 - betas[-2]) * (chains.log_p - chains.log_q)
+    return torch.logsumexp(log_w, 0) - math.log(num_chains)  # (B,)
+
+
+@torch.no_grad()
+def ais_log_marginal(
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    num_steps: int = 500,
+    num_leapfrog: int = 10,
+    num_chains: int = 16,
+    step_size: float = 0.05,
+    target_acceptance: float = 0.65,
+    memory_budget_mb: float = 512.0,
+    schedule: str = "sigmoid",
+) -> Tensor:
+    """Per-point AIS estimate of log p(x) starting from q = N(loc, diag exp(log_scale)^2), (B,).
+
+    Points are chunked so that num_chains * b * `bytes_per_pair(keep_graph=True)` fits the
+    budget (at least one point per chunk); chains are never split.
+    """
+    for name, value in (("num_steps", num_steps), ("num_leapfrog", num_leapfrog), ("num_chains", num_chains)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
+    if not 0 < target_acceptance < 1:
+        raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
+    check_inputs(decoder, x, loc, log_scale, memory_budget_mb)
+    betas = annealing_schedule(num_steps, schedule)
+    pair = num_chains * bytes_per_pair(decoder, x, keep_graph=True)
+    point_chunk = max(1, int(memory_budget_mb * 2**20) // pair)
+    settings = (betas, num_leapfrog, num_chains, step_size, target_acceptance)
+    chunks = zip(x.split(point_chunk), loc.split(point_chunk), log_scale.split(point_chunk), strict=True)
+    return torch.cat([_ais_chunk(decoder, *chunk, *settings) for chunk in chunks])  # (B,)

@@ -1,0 +1,159 @@
+"""`vi-lab evaluate` and `vi-lab compare`: the gaps of a trained run, on file and on screen.
+
+`evaluate_run` measures the gaps (`gaps.py`) on one split and writes RUN/eval/:
+gaps.json (means, standard errors, steps and seconds), points.npz (per-point values),
+and TensorBoard scalars under `eval/` with a histogram of per-point gaps.
+`compare_runs` puts several evaluated runs side by side as a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from vi_lab.config import override
+from vi_lab.evaluation.gaps import measure_gaps
+from vi_lab.runs.board import write_json
+from vi_lab.runs.folder import load_run
+
+ROWS = [
+    ("elbo_amortized", "L[q] (encoder)"),
+    ("elbo_refined", "L[q*] (refined)"),
+    ("log_px", "log p(x)"),
+    ("log_px_exact", "log p(x) exact"),
+    ("amortization_gap", "amortization gap"),
+    ("approximation_gap", "approximation gap"),
+    ("inference_gap", "inference gap"),
+]
+
+
+def evaluate_run(
+    run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True
+) -> dict:
+    """Measure and save the gaps of one run; `overrides` are keys of the eval section.
+
+    The refinement's progress bar follows the run's `progress` setting (and `progress_bar`'s rules).
+    """
+    run = load_run(run_dir)
+    config = override(run.config.eval, overrides)
+    x = run.data.x[config.split][: config.num_points]
+    torch.manual_seed(run.config.seed)
+    report = measure_gaps(run.model, x, config, progress=progress and run.config.progress)
+    summary = {
+        "split": config.split,
+        **report.summary(),
+        "run": str(run.run_dir),
+        "kind": run.config.inference.kind.value,
+    }
+
+    out = run.run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    write_json(summary, out / "gaps.json")
+    points = report.per_point()
+    np.savez(out / "points.npz", **points)
+    with SummaryWriter(str(run.run_dir)) as writer:
+        for key, _ in ROWS:
+            if summary[key] is not None:
+                writer.add_scalar(f"eval/{config.split}/{key}", summary[key], run.step)
+        for key in ("amortization_gap", "approximation_gap"):
+            if key in points:
+                writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
+    return summary
+
+
+def _cell(summary: dict[str, Any], key: str) -> str:
+    if summary.get(key) is None:
+        return "—"
+    return f"{summary[key]:.2f} ± {summary[f'{key}_se']:.2f}"
+
+
+def _value(metrics: dict[str, Any], key: str) -> str:
+    if metrics.get(key) is None:
+        return "—"
+    se = metrics.get(f"{key}_se")
+    return f"{metrics[key]:.2f}" + (f" ± {se:.2f}" if se is not None else "")
+
+
+def at_budget(history: list[dict[str, Any]], clock: str, budget: float) -> dict[str, Any] | None:
+    """The last validated epoch whose `clock` (step or train_seconds) is within the budget."""
+    entries = [e for e in history if "valid_log_px" in e and e[clock] <= budget]
+    return entries[-1] if entries else None
+
+
+def format_budget_table(histories: list[list[dict[str, Any]]], names: list[str]) -> str:
+    """Validation measures of every run at an equal number of decoder steps and at an equal
+    training time: the largest budget that every run has validated within."""
+    lines = ["| at an equal budget | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for clock, label, unit in (("step", "decoder steps", ""), ("train_seconds", "training seconds", " s")):
+        ends = [max((e[clock] for e in h if "valid_log_px" in e), default=None) for h in histories]
+        if any(end is None for end in ends):
+            continue
+        budget = min(ends)
+        entries = [at_budget(h, clock, budget) for h in histories]
+        used = " | ".join(
+            f"{e[clock]:.0f}{unit} (epoch {e['epoch']})" if e else "not validated yet" for e in entries
+        )
+        lines.append(f"| **{label} ≤ {budget:.0f}{unit}** | {used} |")
+        for row_label, key in BUDGET_ROWS:
+            if any(e and key in e for e in entries):
+                lines.append(f"| {row_label} | " + " | ".join(_value(e or {}, key) for e in entries) + " |")
+    return "\n".join(lines)
+
+
+TRAINING_ROWS = [
+    ("train ELBO (last epoch)", lambda m: f"{m['train_elbo']:.2f}"),
+    ("epochs / decoder steps", lambda m: f"{m['epochs']} / {m['steps']}"),
+    (
+        "train seconds / examples per s",
+        lambda m: f"{m['train_seconds']:.0f} / {m['examples_per_second']:.0f}",
+    ),
+    ("row gap, training points", lambda m: _value(m, "row_gap")),
+]
+BUDGET_ROWS = [
+    ("valid L[q*]", "valid_elbo_refined"),
+    ("valid log p(x)", "valid_log_px"),
+    ("valid approximation gap", "valid_approximation_gap"),
+    ("valid L[q] (encoder)", "valid_elbo_encoder"),
+]
+EVAL_ROWS = [
+    ("points", lambda s: f"{s['num_points']} ({s['split']})"),
+    ("log p(x) estimator", lambda s: f"{s['estimator']} ({s['num_samples']})"),
+    ("refine steps mean / max", lambda s: f"{s['refine_steps_mean']:.0f} / {s['refine_steps_max']}"),
+    ("points at step cap", lambda s: str(s["refine_num_capped"])),
+    ("refine s / log p s", lambda s: f"{s['refine_seconds']:.1f} / {s['log_px_seconds']:.1f}"),
+]
+
+
+def format_table(
+    summaries: list[dict[str, Any]], names: list[str], training: list[dict[str, Any]] | None = None
+) -> str:
+    """Markdown: one column per run; gap rows in nats per datapoint (± standard error)."""
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, cell in TRAINING_ROWS if training else []:
+        lines.append(f"| {label} | " + " | ".join(cell(m) for m in training) + " |")
+    shown = [(key, label) for key, label in ROWS if any(s.get(key) is not None for s in summaries)]
+    for key, label in shown:
+        lines.append(f"| {label} | " + " | ".join(_cell(s, key) for s in summaries) + " |")
+    for label, cell in EVAL_ROWS:
+        lines.append(f"| {label} | " + " | ".join(cell(s) for s in summaries) + " |")
+    return "\n".join(lines)
+
+
+def compare_runs(run_dirs: list[str | Path]) -> str:
+    """Training metrics and gaps of evaluated runs side by side, then their validation
+    measures at equal budgets (decoder steps, training seconds)."""
+    summaries, training, names = [], [], []
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / "eval" / "gaps.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run `vi-lab evaluate {run_dir}` first")
+        summaries.append(json.loads(path.read_text()))
+        training.append(json.loads((run_dir / "metrics.json").read_text()))
+        names.append(run_dir.name)
+    budgets = format_budget_table([m["history"] for m in training], names)
+    return format_table(summaries, names, training) + "\n\n" + budgets

@@ -1,0 +1,186 @@
+"""Per-datapoint variational inference: fit (loc, log_scale) of many points at once.
+
+The decoder is frozen: the reparameterization gradient comes from
+`objectives.elbo_and_gradient` (autograd through the decoder with z as the only leaf,
+the Gaussian parts in closed form), so no decoder `.grad` is ever written.
+Every point (row) has its own Adam state (moments and step count, Kingma & Ba 2015),
+so a row can stop while others go on, and a row's next visit can continue where its
+last one stopped: the coordinate ascent of variational inference (Bishop 2006, §10.1.1)
+with a stochastic inner loop (Hoffman et al. 2013), and the test-time refinement of
+Cremer, Li & Duvenaud (2018).
+
+Stopping rule, per row. Every `check_every` steps a row's gain over the last window,
+    g = L(q_now) - L(q_then),
+is estimated with common random numbers: the same `check_samples` fresh draws
+eps_1..M are pushed through both q's (z = loc + scale * eps), so the Monte Carlo noise
+that the two ELBOs share cancels in the differences d_j and se = std(d) / sqrt(M)
+measures only what the window changed (the paired comparison of Glasserman & Yao 1992).
+- Step size: a window whose gain is not significantly positive and below `tol`
+  (g - c * se <= 0 and g < tol, c = `confidence`) halves the row's learning rate, at
+  most `num_decays` times; smaller steps remove Adam's jitter around the optimum.
+- Stop: one window's realized gain also carries the random walk of the noisy steps, so
+  a stop is decided on the last `stop_windows` windows: their mean gain m and its
+  standard error s (from their spread, path noise included) must show the drift to be
+  below `tol`: m + c * s < tol, with no halvings left. A row whose ELBO still rises by
+  more than `tol` per window keeps going (it stops at a check with probability at most
+  about Phi(-c)); a single noisy estimate can never stop it, and no row stops before
+  `stop_windows * check_every` steps.
+`max_steps` caps every row. The loop runs over steps only, never over points; a check
+costs one forward pass with 2 * check_samples samples and no backward pass, and a visit
+too short to reach a decision skips the checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vi_lab.config import LocalFitConfig
+from vi_lab.inference import gaussian
+from vi_lab.inference.objectives import Decoder, elbo_and_gradient
+
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+
+
+@dataclass
+class RowState:
+    """Variational parameters and Adam state of a set of rows."""
+
+    params: Tensor  # (N, 2, D): loc and log_scale
+    exp_avg: Tensor  # (N, 2, D)
+    exp_avg_sq: Tensor  # (N, 2, D)
+    step: Tensor  # (N,) Adam steps each row has taken
+
+    @classmethod
+    def prior(cls, num_rows: int, latent_dim: int, device: torch.device) -> RowState:
+        """Rows at q = p(z) = N(0, I) with fresh optimizer state."""
+        zeros = torch.zeros(num_rows, 2, latent_dim, device=device)
+        return cls(zeros, zeros.clone(), zeros.clone(), torch.zeros(num_rows, device=device))
+
+    @classmethod
+    def start_at(cls, loc: Tensor, log_scale: Tensor) -> RowState:
+        """Rows at the given q with fresh optimizer state (e.g. an encoder's guess)."""
+        params = torch.stack([loc, log_scale], dim=1).detach()  # (N, 2, D)
+        zeros = torch.zeros_like(params)
+        return cls(params, zeros, zeros.clone(), torch.zeros(params.shape[0], device=params.device))
+
+    @property
+    def loc(self) -> Tensor:
+        return self.params[:, 0]
+
+    @property
+    def log_scale(self) -> Tensor:
+        return self.params[:, 1]
+
+    def rows(self, idx: Tensor) -> RowState:
+        return RowState(self.params[idx], self.exp_avg[idx], self.exp_avg_sq[idx], self.step[idx])
+
+    def fresh(self) -> RowState:
+        """The same q with the optimizer state of a first visit."""
+        return RowState.start_at(self.loc, self.log_scale)
+
+    def put_rows(self, idx: Tensor, rows: RowState) -> None:
+        self.params[idx] = rows.params
+        self.exp_avg[idx] = rows.exp_avg
+        self.exp_avg_sq[idx] = rows.exp_avg_sq
+        self.step[idx] = rows.step
+
+
+@dataclass
+class FitResult:
+    state: RowState  # the rows after fitting
+    first_elbo: Tensor  # (N,) ELBO estimate at the start
+    last_elbo: Tensor  # (N,) ELBO estimate at the last step
+    steps: Tensor  # (N,) steps each row took
+    capped: Tensor  # (N,) bool: still going when max_steps ran out
+
+
+def window_gain(
+    decoder: Decoder, x: Tensor, now: Tensor, then: Tensor, num_samples: int, beta: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Estimated ELBO(now) - ELBO(then) per row and its standard error, each (N,).
+
+    `now` and `then` are (N, 2, D) parameters; both are scored on the same draws of eps
+    (common random numbers), in one forward pass of 2 * num_samples samples.
+    """
+    eps = torch.randn((num_samples, *now[:, 0].shape), dtype=now.dtype, device=now.device)  # (M, N, D)
+    z_now = now[:, 0] + now[:, 1].exp() * eps
+    z_then = then[:, 0] + then[:, 1].exp() * eps
+    log_lik = decoder.log_prob(x, torch.cat([z_now, z_then]))  # (2M, N)
+    kl_diff = gaussian.kl_to_standard_normal(now[:, 0], now[:, 1]) - gaussian.kl_to_standard_normal(
+        then[:, 0], then[:, 1]
+    )  # (N,)
+    diff = log_lik[:num_samples] - log_lik[num_samples:] - beta * kl_diff  # (M, N)
+    return diff.mean(0), diff.std(0) / math.sqrt(num_samples)
+
+
+def fit_local(
+    decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfig, beta: float = 1.0
+) -> FitResult:
+    """Maximize each row's ELBO with the decoder frozen; returns new rows (inputs untouched).
+
+    `beta` weights the KL term of the objective (KL warm-up during training; 1 for every
+    reported bound). Rows are masked arithmetically (weight 0 for stopped rows) rather
+    than by indexing, so every step is the same few fused tensor operations whatever the
+    mix of rows.
+    """
+    num_rows = x.shape[0]
+    params = rows.params.clone()
+    exp_avg, exp_avg_sq, step = rows.exp_avg.clone(), rows.exp_avg_sq.clone(), rows.step.clone()
+    active = torch.ones(num_rows, device=x.device)  # (N,) 1 while a row is optimized, then 0
+    lr = torch.full((num_rows,), config.lr, device=x.device)
+    decays_left = torch.full((num_rows,), float(config.num_decays), device=x.device)
+    anchor = params.clone()  # (N, 2, D) the rows at the start of the current window
+    gains = torch.zeros(num_rows, config.stop_windows, device=x.device)  # recent window gains
+    windows = torch.zeros(num_rows, device=x.device)  # windows since the last step-size change
+    num_checks = 0
+    # With no step-size decays a stop needs `stop_windows` windows: a visit too short for
+    # that (the training default) takes its whole budget and skips the checks' cost.
+    can_decide = config.num_decays > 0 or (config.max_steps - 1) // config.check_every >= config.stop_windows
+
+    for t in range(config.max_steps):
+        with torch.no_grad():
+            estimate, grad_loc, grad_log_scale = elbo_and_gradient(
+                decoder, x, params[:, 0], params[:, 1], config.num_samples, beta
+            )  # (N,), (N, D), (N, D)
+            if t == 0:
+                first = estimate
+            grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
+
+            # Adam ascent; a stopped row has weight 0 in every update, so nothing of it moves.
+            live = active[:, None, None]  # (N, 1, 1)
+            step += active
+            exp_avg.lerp_(grad, live * (1 - BETA1))
+            exp_avg_sq.lerp_(grad.square_(), live * (1 - BETA2))
+            # Kingma & Ba (2015), Algorithm 1's efficient form: both bias corrections in the step size.
+            count = step.clamp(min=1)
+            step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
+            params.addcdiv_(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt().add_(EPS))  # (N, 2, D)
+
+            if can_decide and (t + 1) % config.check_every == 0 and t + 1 < config.max_steps:
+                num_checks += 1
+                gain, se = window_gain(decoder, x, params, anchor, config.check_samples, beta)
+                anchor.copy_(params)
+                gains[:, num_checks % config.stop_windows] = gain
+                windows += 1
+                # One window: is there progress beyond the Monte Carlo error of its two ends?
+                no_progress = (gain - config.confidence * se <= 0) & (gain < config.tol)
+                decay = no_progress & (decays_left > 0) & active.bool()
+                # The last windows: is their mean gain (the drift, path noise included) below tol?
+                mean = gains.mean(1)
+                drift_se = gains.std(1) / math.sqrt(config.stop_windows)
+                settled = (mean + config.confidence * drift_se < config.tol) & (
+                    windows >= config.stop_windows
+                )
+                stop = settled & (decays_left == 0) & active.bool()
+                lr = torch.where(decay, lr * 0.5, lr)
+                decays_left -= decay.float()
+                windows.masked_fill_(decay, 0)
+                active.masked_fill_(stop, 0)
+                if not active.any():
+                    break
+    state = RowState(params, exp_avg, exp_avg_sq, step)
+    return FitResult(state, first, estimate, (step - rows.step).long(), active.bool())
