@@ -28,10 +28,13 @@ ROOT = Path(__file__).parents[2]
 SMOKE = ["configs/smoke.yaml", "progress=false"]
 
 # Runs the CLI with torch.save writing through a file whose 3rd write sends `SIGNAL` to this
-# process, during the first checkpoint write only (the end of epoch 1).
+# process, during the first checkpoint write only (the end of epoch 1). SIGINT gets Python's
+# terminal behaviour (KeyboardInterrupt) even when the test runner was started in the
+# background, where the shell hands its children SIGINT ignored.
 INJECT = """
 import os, signal, sys, torch
 from vi_lab.cli import main
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real_save, sent = torch.save, []
 class Signalling:
     def __init__(self, file):
