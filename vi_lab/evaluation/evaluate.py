@@ -66,13 +66,8 @@ def evaluate_run(
     return summary
 
 
-def _cell(summary: dict[str, Any], key: str) -> str:
-    if summary.get(key) is None:
-        return "—"
-    return f"{summary[key]:.2f} ± {summary[f'{key}_se']:.2f}"
-
-
 def _value(metrics: dict[str, Any], key: str) -> str:
+    """`mean ± se` (the ± part where the dict has `{key}_se`), or — when there is no value."""
     if metrics.get(key) is None:
         return "—"
     se = metrics.get(f"{key}_se")
@@ -138,7 +133,7 @@ def format_table(
         lines.append(f"| {label} | " + " | ".join(cell(m) for m in training) + " |")
     shown = [(key, label) for key, label in ROWS if any(s.get(key) is not None for s in summaries)]
     for key, label in shown:
-        lines.append(f"| {label} | " + " | ".join(_cell(s, key) for s in summaries) + " |")
+        lines.append(f"| {label} | " + " | ".join(_value(s, key) for s in summaries) + " |")
     for label, cell in EVAL_ROWS:
         lines.append(f"| {label} | " + " | ".join(cell(s) for s in summaries) + " |")
     return "\n".join(lines)
