@@ -458,11 +458,13 @@ def test_postgres_study_shared_by_invocations_survives_a_killed_worker(
     location = StorageLocation(url=postgres_url)
     _check_target_met_exactly(load(config, location), 4)
 
-    # kill -9 a worker once its trial has drawn its parameters
+    # kill -9 a worker once its trial has drawn all its parameters (they are stored one by one)
     command = _study_command(tmp_path, "n_trials=6", *heartbeat)
     worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study, deadline = load(config, location), time.monotonic() + 120
-    while not (running := study.get_trials(states=(TrialState.RUNNING,))) or not running[0].params:
+    while not (running := study.get_trials(states=(TrialState.RUNNING,))) or set(running[0].params) != set(
+        config.space
+    ):
         assert worker.poll() is None and time.monotonic() < deadline, "the worker never started a trial"
         time.sleep(0.1)
     os.kill(worker.pid, signal.SIGKILL)
