@@ -3,6 +3,8 @@
 Each subcommand parses its arguments and calls one library function; errors that
 come from the user's input are printed as one clear line, without a traceback (exit
 code 2), and a run stopped by SIGINT or SIGTERM exits with 130 or 143 after saving.
+Under torchrun (`torchrun --nproc_per_node N -m vi_lab.cli train ...`) every process runs
+the command in one process group (`vi_lab.distributed`), and rank 0 prints.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from vi_lab import distributed
 from vi_lab.config import ConfigError, from_dict, load_config, override
 from vi_lab.data.fashion_mnist import DataFileError
 from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
@@ -32,6 +35,8 @@ def _train(args: argparse.Namespace) -> None:
         config = load_config(args.items[0], args.items[1:])
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
     metrics = train(config, run_dir, resume=bool(args.resume))
+    if not distributed.is_main():
+        return
     print(
         f"{run_dir}: train ELBO {metrics['train_elbo']:.2f}; "
         f"valid L[q*] {metrics['valid_elbo_refined']:.2f}, "
@@ -42,6 +47,8 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     summary = evaluate_run(args.run_dir, args.overrides)
+    if not distributed.is_main():
+        return
     print(format_table([summary], [Path(args.run_dir).name]))
     print(f"\nwritten: {Path(args.run_dir) / 'eval' / 'gaps.json'}")
 
@@ -194,6 +201,7 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: ob
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     warnings.formatwarning = _one_line_warning
+    joined = distributed.init()
     try:
         args.handler(args)
     except USER_ERRORS as error:
@@ -202,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f"vi-lab {args.command}: stopped by {signal_of(stop).name}", file=sys.stderr)
         return exit_code(stop)
+    finally:
+        if joined:
+            distributed.close()
     return 0
 
 

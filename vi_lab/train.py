@@ -20,6 +20,15 @@ on Ctrl-C or SIGTERM; the one before it as checkpoint.prev.pt) and metrics.json.
 non-finite loss or validation ELBO stops the run before any checkpoint is written, so the
 last good one stays intact; `resume=True` continues from it exactly, under the rules of
 `runs/resume.py`.
+
+Under torchrun (`torchrun --nproc_per_node N -m vi_lab.cli train ...`) every rank draws
+the same global minibatch and works on the rows it owns (`distributed.Shard`): the table
+is sharded, DistributedDataParallel averages the decoder's (and encoder's) gradients with
+the single-process scale, and the logged sums are reduced over ranks, so a step is the
+single-process step up to Monte Carlo noise. Rank 0 writes TensorBoard, config.yaml and
+metrics.json; a checkpoint is written in shards (`runs/checkpoint.py`). A stop by signal
+under torchrun keeps the last epoch's checkpoint (a mid-epoch save would be a collective
+that ranks stopped at different points cannot join).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from vi_lab import distributed
 from vi_lab.config import Config, LRSchedule, TrainConfig, flatten, from_dict, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.evaluation.gaps import measure_gaps, measure_row_gap, standard_error
@@ -44,8 +54,16 @@ from vi_lab.inference.objectives import elbo
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
-from vi_lab.runs.board import image_grid, write_hparams, write_json
-from vi_lab.runs.checkpoint import FILENAME, PREVIOUS, CheckpointError, load_checkpoint, save_checkpoint
+from vi_lab.runs.board import NullWriter, image_grid, write_hparams, write_json
+from vi_lab.runs.checkpoint import (
+    FILENAME,
+    PREVIOUS,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    save_sharded,
+)
 from vi_lab.runs.stopping import graceful_stop, signal_of, signals_deferred
 from vi_lab.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -95,10 +113,11 @@ def train(
     there); `hparams` replaces the flattened config in TensorBoard's HParams tab.
     """
     run_dir = Path(run_dir)
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     seed_everything(config.seed)
     data = load_data(config.data, device)
-    model = build_model(config, data).to(device)
+    model = build_model(config, data, distributed.current_shard()).to(device)
+    distributed.decorrelate_rng()  # the inner loop's draws differ between ranks
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     position, history = Position(started=time.time()), []
 
@@ -106,22 +125,35 @@ def train(
         state = load_checkpoint(run_dir)
         changes = resuming.check_resume(from_dict(state["config"]), config, state["position"]["epoch"])
         try:
-            model.load_state_dict(state["model"])
+            model_state, rng = load_model_state(
+                run_dir, state, distributed.current_shard(), model.table_keys, data.num_train
+            )
+            model.load_state_dict(model_state)
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f"{run_dir}: the checkpoint does not fit the model: {error}") from None
         resuming.apply_to_optimizer(optimizer, config)
-        set_rng_state(state["rng"])
         position, history = Position(**state["position"]), state["history"]
-        resuming.record_resume(run_dir, config, changes, position.step)
+        if rng is None:  # written by another number of processes: the rows are resharded, the streams new
+            torch.manual_seed(config.seed * 1_000_003 + position.step)
+            distributed.decorrelate_rng()
+        else:
+            set_rng_state(rng)
+        if distributed.is_main():
+            resuming.record_resume(run_dir, config, changes, position.step)
     else:
         _check_fresh(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        distributed.barrier()  # every rank has looked before rank 0 writes
+        if distributed.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+        distributed.barrier()
 
-    # on resume, drop the events logged after the checkpoint (a run killed mid-epoch logged them)
-    writer = SummaryWriter(str(run_dir), purge_step=position.step + 1 if resume else None)
-    if not resume:
+    if not distributed.is_main():
+        writer: SummaryWriter | NullWriter = NullWriter()
+    else:  # on resume, drop the events logged after the checkpoint (a run killed mid-epoch logged them)
+        writer = SummaryWriter(str(run_dir), purge_step=position.step + 1 if resume else None)
+    if not resume and distributed.is_main():
         write_hparams(writer, hparams or flatten(to_dict(config)), METRIC_TAGS)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     loop = _Loop(config, run_dir, data, model, optimizer, writer, position, history)
@@ -170,12 +202,14 @@ class _Loop:
         data: Data,
         model: LatentVariableModel,
         optimizer: torch.optim.Optimizer,
-        writer: SummaryWriter,
+        writer: SummaryWriter | NullWriter,
         position: Position,
         history: list[dict[str, Any]],
     ) -> None:
         self.config, self.run_dir, self.data, self.model = config, run_dir, data, model
         self.optimizer, self.writer, self.position, self.history = optimizer, writer, position, history
+        self.shard = distributed.current_shard()
+        self.network = distributed.wrap(model, model.table_keys)  # the model, or DDP around it
         self.window: list[Tensor] = []  # per-step sums of the logged terms since the last flush
         self.window_count = 0
         self.names: list[str] = []
@@ -208,6 +242,9 @@ class _Loop:
                 if on_epoch is not None:
                     on_epoch(self.position.epoch, metrics)
         except KeyboardInterrupt as stop:
+            if self.shard.world_size > 1:  # see the module doc
+                bar.write(f"interrupted by {signal_of(stop).name}: the last epoch's checkpoint is kept")
+                raise
             self._flush_window()  # never save parameters that a non-finite step has touched
             self._save()
             bar.write(
@@ -231,10 +268,12 @@ class _Loop:
             beta = kl_weight(config.train, position.step, self.steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(config.train, position.step, total_steps)
-            stats = model.posterior.update(model.decoder, x, idx, beta)
-            loc, log_scale = model.posterior(x, idx)
-            terms = elbo(model.decoder, x, loc, log_scale, config.inference.num_samples)
-            loss = -(terms["recon"] - beta * terms["kl"]).mean()
+            x_own, idx_own = self.shard.select(x, idx)  # this rank's rows of the global batch
+            stats = model.posterior.update(model.decoder, x_own, idx_own, beta)
+            loc, log_scale = self.network(x_own, idx_own)
+            terms = elbo(model.decoder, x_own, loc, log_scale, config.inference.num_samples)
+            # DDP averages over ranks: this scale makes the gradient that of the global batch mean
+            loss = -(terms["recon"] - beta * terms["kl"]).sum() / (x.shape[0] / self.shard.world_size)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -272,7 +311,7 @@ class _Loop:
         """
         if not self.window:
             return {}
-        rows = torch.stack(self.window)  # (W, T)
+        rows = distributed.all_sum(torch.stack(self.window))  # (W, T), sums over the global batches
         finite = torch.isfinite(rows).all(1)  # (W,)
         if not bool(finite.all()):
             step = self.position.step - len(self.window) + int((~finite).nonzero()[0]) + 1  # as logged
@@ -319,7 +358,8 @@ class _Loop:
             self.history.append(epoch_metrics)
             metrics = self._summary()
             self._save()  # before metrics.json, which must never be ahead of the checkpoint
-            write_json(metrics, self.run_dir / "metrics.json")
+            if distributed.is_main():
+                write_json(metrics, self.run_dir / "metrics.json")
         return metrics
 
     def _validate(self) -> dict[str, float]:
@@ -385,18 +425,19 @@ class _Loop:
         }
 
     def _save(self) -> None:
-        save_checkpoint(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(),
-                "position": asdict(self.position),
-                "history": self.history,
-                "config": to_dict(self.config),
-                "epoch_sums": self._epoch_sums_state(),
-            },
-            self.run_dir / FILENAME,
-        )
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "position": asdict(self.position),
+            "history": self.history,
+            "config": to_dict(self.config),
+            "epoch_sums": self._epoch_sums_state(),
+        }
+        if self.shard.world_size == 1:
+            save_checkpoint({**payload, "rng": rng_state()}, self.run_dir / FILENAME)
+        else:  # each rank's RNG state goes with its shard
+            keys, num_rows = self.model.table_keys, self.data.num_train
+            save_sharded(payload, {"rng": rng_state()}, self.run_dir, self.position.step, keys, num_rows)
 
     def _epoch_sums_state(self) -> dict[str, Any] | None:
         """The finished batches of the epoch in progress: so a resume reports the whole epoch."""

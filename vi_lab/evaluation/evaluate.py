@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from vi_lab import distributed
 from vi_lab.config import override
 from vi_lab.evaluation.gaps import measure_gaps
 from vi_lab.runs.board import write_json
@@ -37,9 +38,11 @@ def evaluate_run(
 ) -> dict:
     """Measure and save the gaps of one run; `overrides` are keys of the eval section.
 
+    Under torchrun the points are shared by the ranks (`gaps.measure_gaps`).
+
     The refinement's progress bar follows the run's `progress` setting (and `progress_bar`'s rules).
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir)  # under torchrun: each rank with its rows of a per-datapoint table
     config = override(run.config.eval, overrides)
     x = run.data.x[config.split][: config.num_points]
     torch.manual_seed(run.config.seed)
@@ -50,6 +53,8 @@ def evaluate_run(
         "run": str(run.run_dir),
         "kind": run.config.inference.kind.value,
     }
+    if not distributed.is_main():  # every rank holds the whole report; rank 0 writes it
+        return summary
 
     out = run.run_dir / "eval"
     out.mkdir(exist_ok=True)

@@ -6,19 +6,26 @@
 L[q*] comes from test-time refinement (`inference/refine.py`), log p(x) from the importance-
 weighted bound (`iwae.py`) or AIS (`ais.py`) with the refined q as proposal. Means
 are per datapoint in nats, each with the standard error of its per-point values.
+
+Every point is measured on its own, so under torchrun the points are sharded over the
+ranks (point j on rank j mod W, as `distributed.Shard` assigns rows) and the per-point
+results gathered: every rank gets the report a single process would give, except that
+each rank draws its own Monte Carlo numbers (`distributed.decorrelate_rng`), so per-point
+values agree with a single process's within Monte Carlo error, not bit for bit.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from vi_lab import distributed
 from vi_lab.config import Estimator, EvalConfig, RefineInit
 from vi_lab.evaluation.ais import ais_log_marginal
 from vi_lab.evaluation.iwae import iwae_log_marginal
@@ -30,6 +37,16 @@ from vi_lab.models.model import LatentVariableModel
 from vi_lab.runtime import memory_budget_mb
 
 ELBO_SAMPLES = 100  # Monte Carlo samples behind each reported per-point ELBO
+PER_POINT = (
+    "elbo_amortized",
+    "elbo_refined",
+    "log_px",
+    "log_px_exact",
+    "refine_steps",
+    "refine_capped",
+    "loc",
+    "log_scale",
+)
 
 
 @dataclass
@@ -128,7 +145,29 @@ def measure_gaps(
     """Refine q on x, estimate log p(x), and collect the per-point values.
 
     `num_samples` overrides config.num_samples (cheap evaluations during training).
+    Under torchrun a collective: each rank measures its share of x, all get every point.
     """
+    if distributed.world_size() == 1:
+        return _measure_gaps(model, x, config, num_samples, progress)
+    shard = distributed.current_shard()
+    if x.shape[0] < shard.world_size:
+        raise ValueError(f"{x.shape[0]} points cannot be shared by {shard.world_size} processes")
+    points = shard.rows(x.shape[0], x.device)
+    distributed.decorrelate_rng()
+    report = _measure_gaps(model, x[points], config, num_samples, progress and distributed.is_main())
+    per_point = {
+        name: None if value is None else distributed.gather_rows(value, points, x.shape[0])
+        for name, value in ((name, getattr(report, name)) for name in PER_POINT)
+    }
+    seconds = {
+        name: distributed.all_max(getattr(report, name)) for name in ("refine_seconds", "log_px_seconds")
+    }
+    return replace(report, **per_point, **seconds)
+
+
+def _measure_gaps(
+    model: LatentVariableModel, x: Tensor, config: EvalConfig, num_samples: int | None, progress: bool
+) -> GapReport:
     decoder, posterior = model.decoder, model.posterior
     num_samples = num_samples or config.num_samples
     budget = memory_budget_mb(x.device) if config.memory_budget_mb is None else config.memory_budget_mb
@@ -191,7 +230,20 @@ def measure_row_gap(
 
     q* is refined from q_i; the difference is estimated with common random numbers
     (`local_fit.window_gain`), so it is far less noisy than two separate ELBO estimates.
+    Under torchrun a collective: each rank measures the rows it owns, all get every row.
     """
+    shard = distributed.current_shard()
+    if shard.world_size > 1:
+        mine = shard.owns(idx)
+        distributed.decorrelate_rng()
+        gap = _row_gap(model, x[mine], idx[mine], config, num_samples)
+        return distributed.gather_rows(gap, mine.nonzero().squeeze(1), idx.shape[0])
+    return _row_gap(model, x, idx, config, num_samples)
+
+
+def _row_gap(
+    model: LatentVariableModel, x: Tensor, idx: Tensor, config: EvalConfig, num_samples: int
+) -> Tensor:
     with torch.no_grad():
         loc, log_scale = model.posterior(x, idx)
     refined = refine(model.decoder, x, loc, log_scale, config.refine, config.batch_size)

@@ -5,7 +5,9 @@
 - `LocalPosterior`: a table of (loc, log_scale) rows, one per training example, with
   per-row Adam state, fitted by coordinate ascent (Hoffman et al. 2013; Krishnan et al.
   2018): before each decoder step, `update` runs the inner loop on the minibatch's rows
-  with the decoder frozen.
+  with the decoder frozen. Under torchrun each rank keeps only the rows it owns
+  (`vi_lab.distributed.Shard`), so the table's memory per rank falls as ranks are added;
+  `idx` stays the global row index everywhere.
 
 Both also offer `update(decoder, x, idx)` (the work before a decoder step: none for an
 encoder), `infer(decoder, x)` (q for points that have no row, e.g. validation data) and
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vi_lab.config import InnerLoopConfig
+from vi_lab.distributed import WHOLE, Shard
 from vi_lab.inference import gaussian
 from vi_lab.inference.local_fit import RowState, fit_local
 from vi_lab.inference.objectives import Decoder
@@ -47,12 +50,16 @@ class AmortizedPosterior(nn.Module):
 
 class LocalPosterior(nn.Module):
     amortized = False
+    TABLE = ("params", "exp_avg", "exp_avg_sq", "step")  # the buffers that hold one entry per row
 
-    def __init__(self, num_points: int, latent_dim: int, inner: InnerLoopConfig) -> None:
+    def __init__(
+        self, num_points: int, latent_dim: int, inner: InnerLoopConfig, shard: Shard = WHOLE
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.inner = inner
-        rows = RowState.prior(num_points, latent_dim, torch.device("cpu"))
+        self.shard = shard
+        rows = RowState.prior(shard.num_rows(num_points), latent_dim, torch.device("cpu"))
         # Buffers, not parameters: the decoder's optimizer never sees the table.
         self.register_buffer("params", rows.params)  # (N, 2, D)
         self.register_buffer("exp_avg", rows.exp_avg)
@@ -64,18 +71,19 @@ class LocalPosterior(nn.Module):
         return RowState(self.params, self.exp_avg, self.exp_avg_sq, self.step)
 
     def forward(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        params = self.params[idx]  # (B, 2, D)
+        params = self.params[self.shard.local(idx)]  # (B, 2, D)
         return params[:, 0], params[:, 1]
 
     def update(self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
-        """Run the inner loop on rows idx; only those rows (and their state) change.
+        """Run the inner loop on rows idx (rows this rank owns); only those rows (and their state) change.
 
         With `inner.reset_state` each visit starts with fresh Adam moments (the rows'
         values are kept either way); otherwise a visit continues the last one's state.
         """
-        rows = self.rows.rows(idx)
+        local = self.shard.local(idx)
+        rows = self.rows.rows(local)
         fit = fit_local(decoder, x, rows.fresh() if self.inner.reset_state else rows, self.inner, beta)
-        self.rows.put_rows(idx, fit.state)
+        self.rows.put_rows(local, fit.state)
         return {"inner_steps": fit.steps.float(), "inner_gain": fit.last_elbo - fit.first_elbo}
 
     def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:

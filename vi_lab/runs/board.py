@@ -34,6 +34,18 @@ def image_grid(x: Tensor, image_shape: tuple[int, int, int], num_rows: int | Non
     return grid
 
 
+class NullWriter:
+    """The SummaryWriter of ranks other than 0 under torchrun: every call does nothing, so one
+    process writes the run's event file."""
+
+    def __getattr__(self, name: str) -> Any:
+        return _ignore
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 def write_hparams(writer: SummaryWriter, params: dict[str, Any], metric_names: list[str]) -> None:
     """Declare the run's hyperparameters and which scalar tags are its metrics."""
     clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
