@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 
-from vi_lab.config import Config, ConfigError, flatten, save_config, to_dict
+from vi_lab import distributed
+from vi_lab.config import Config, ConfigError, flatten, from_dict, save_config, to_dict
+from vi_lab.models.model import LatentVariableModel
+from vi_lab.runs.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from vi_lab.runtime import set_rng_state
 
 # keys, or prefixes ending in "." for whole sections, that a resume may change
 MAY_CHANGE = (
@@ -71,3 +75,34 @@ def record_resume(run_dir: Path, config: Config, changes: dict[str, list[Any]], 
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step, "changes": changes}
     with open(run_dir / RECORD, "a") as file:
         file.write(json.dumps(line) + "\n")
+
+
+def restore(
+    run_dir: Path, config: Config, model: LatentVariableModel, optimizer: torch.optim.Optimizer, num_rows: int
+) -> dict[str, Any]:
+    """Load the run's checkpoint into `model`, `optimizer` and the random streams under the
+    rules above, record the resume, and return the checkpoint (position, history, ...).
+
+    Under torchrun each rank loads the rows of the table it owns (`num_rows` in all), from a
+    checkpoint written by any number of processes. Written by as many, every rank gets its
+    own random stream back; by another number, the rows are resharded and the streams start
+    afresh from the run's seed and step (the same experiment, other Monte Carlo numbers).
+    """
+    state = load_checkpoint(run_dir)
+    changes = check_resume(from_dict(state["config"]), config, state["position"]["epoch"])
+    try:
+        shard = distributed.current_shard()
+        model_state, rng = load_model_state(run_dir, state, shard, model.table_keys, num_rows)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{run_dir}: the checkpoint does not fit the model: {error}") from None
+    apply_to_optimizer(optimizer, config)
+    if rng is None:
+        torch.manual_seed(config.seed * 1_000_003 + state["position"]["step"])
+        distributed.decorrelate_rng()
+    else:
+        set_rng_state(rng)
+    if distributed.is_main():
+        record_resume(run_dir, config, changes, state["position"]["step"])
+    return state
