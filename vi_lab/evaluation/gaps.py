@@ -236,7 +236,8 @@ def measure_row_gap(
     if shard.world_size > 1:
         mine = shard.owns(idx)
         distributed.decorrelate_rng()
-        gap = _row_gap(model, x[mine], idx[mine], config, num_samples)
+        has_rows = bool(mine.any())  # fewer rows than ranks leaves some rank without one
+        gap = _row_gap(model, x[mine], idx[mine], config, num_samples) if has_rows else x.new_zeros(0)
         return distributed.gather_rows(gap, mine.nonzero().squeeze(1), idx.shape[0])
     return _row_gap(model, x, idx, config, num_samples)
 
