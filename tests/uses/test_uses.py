@@ -16,15 +16,17 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.linear_gaussian import LATENT_DIM, dense_decoder, noisy_data, prior
 from vi_lab.cli import main
-from vi_lab.config import load_config
+from vi_lab.config import EvalConfig, load_config
+from vi_lab.inference.objectives import LogLikelihood
 from vi_lab.models.linear_gaussian import LinearGaussianDecoder
 from vi_lab.runs.folder import load_run
 from vi_lab.runs.png import encode_png
 from vi_lab.train import train
 from vi_lab.uses.anomaly import anomaly_run, auroc, noise_like, ood_points, parse_ood
 from vi_lab.uses.embed import CLASS_NAMES, embed_run
-from vi_lab.uses.impute import ObservedPixels, impute_run, make_mask, masked_log_prob
+from vi_lab.uses.impute import fit_observed, impute_run, make_mask, masked_log_prob
 from vi_lab.uses.sample import interpolate, sample_run
 
 TRAIN_CLASSES = [0, 1, 2, 3, 4, 5, 6]
@@ -243,8 +245,24 @@ def test_masked_log_prob_counts_observed_pixels_only() -> None:
     garbage = torch.where(half, x, torch.nan)  # missing values never enter the likelihood
     expected = decoder.log_prob_pixels(x, z)[..., 0::2].sum(-1)
     assert torch.allclose(masked_log_prob(decoder, garbage, half, z), expected)
-    packed = ObservedPixels.pack(x, half)
-    assert torch.allclose(ObservedPixels(decoder).log_prob(packed, z), expected)
+    likelihood = LogLikelihood(2, lambda x, z: masked_log_prob(decoder, x, half, z))  # as impute refines
+    assert torch.allclose(likelihood.log_prob(garbage, z), expected)
+
+
+def test_fit_observed_gives_every_chunk_its_own_mask() -> None:
+    """Chunks of one point, rows alternately fully observed and fully missing: a missing row's
+    best q is the prior exactly, an observed row's the closed-form best diagonal q*."""
+    torch.manual_seed(0)
+    decoder = dense_decoder()
+    x = noisy_data(decoder, num_points=6)
+    observed = torch.tensor([[True], [False]] * 3).expand(6, x.shape[1])
+    start = torch.ones(6, LATENT_DIM)
+    fit = fit_observed(decoder, x, observed, start, start.clone(), EvalConfig().refine, batch_size=1)
+    assert fit.loc[1::2].abs().max() < 0.05 and fit.log_scale[1::2].abs().max() < 0.05
+    best = decoder.exact_elbo(x[0::2], *decoder.best_diagonal(x[0::2]))
+    reached = decoder.exact_elbo(x[0::2], fit.loc[0::2], fit.log_scale[0::2])
+    assert (best - reached).max() < 0.3  # the refinement defaults' tolerance: 0.05 nats per window
+    assert (best - decoder.exact_elbo(x[0::2], *prior(x[0::2]))).min() > 1.0  # the prior is far from q*
 
 
 def test_impute_beats_the_mean_on_the_linear_gaussian_model(lg_run) -> None:
