@@ -12,7 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,18 +52,20 @@ class TensorBoard:
         with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=30) as response:
             return json.loads(response.read())
 
-    def wait_for_runs(self, runs: set[str], timeout: float = 60.0) -> None:
-        """Poll until the server answers and has loaded every run."""
+    def poll(self, path: str, body: dict | None, ready: Callable[[Any], bool], timeout: float = 60.0) -> Any:
+        """The first answer to `path` for which `ready` holds: the server loads the runs in the
+        background, so it answers before it has read everything."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.process.stderr.read()
             try:
-                if runs <= set(self.get("/data/runs")):
-                    return
+                answer = self.get(path, body)
+                if ready(answer):
+                    return answer
             except (urllib.error.URLError, ConnectionError):
-                pass
+                pass  # not listening yet
             time.sleep(0.5)
-        raise AssertionError(f"tensorboard did not load {runs} in {timeout} s")
+        raise AssertionError(f"tensorboard gave no ready answer to {path} in {timeout} s: {answer}")
 
     def __enter__(self) -> TensorBoard:
         return self
@@ -100,44 +104,49 @@ def log_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tensorboard_server_shows_hparams_across_runs_metrics_and_figures(log_root: Path) -> None:
     gaps = json.loads((log_root / "amortized" / "eval" / "gaps.json").read_text())
     with TensorBoard(log_root) as board:
-        board.wait_for_runs({"amortized", "local", "failed"})
-
-        experiment = board.get(
-            "/data/plugin/hparams/experiment", {"experimentName": "", "includeMetrics": True}
-        )
+        request = {"experimentName": "", "includeMetrics": True}
+        # ready once the root's experiment is read: it alone has a creation time
+        experiment = board.poll("/data/plugin/hparams/experiment", request, lambda e: "timeCreatedSecs" in e)
         infos = {info["name"]: info for info in experiment["hparamInfos"]}
         kind = infos["inference.kind"]
-        assert kind["type"] == "DATA_TYPE_STRING" and kind.get("differs") is True
+        assert kind["type"] == "DATA_TYPE_STRING" and kind["differs"] is True
         assert sorted(kind["domainDiscrete"]) == ["amortized", "local"]
         lr = infos["train.lr"]
         assert lr["differs"] is True and lr["domainInterval"] == {"minValue": 0.01, "maxValue": 0.02}
         download = infos["data.download"]  # a boolean, and only the local run set it
         assert download["type"] == "DATA_TYPE_BOOL" and download["differs"] is True
-        assert infos["model.latent_dim"].get("differs", False) is False  # the same in every run
+        assert infos["model.latent_dim"]["differs"] is False  # the same in every run
         metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
         assert {"valid/log_px", "eval/test/amortization_gap", "eval/test/approximation_gap"} <= metrics
 
+        gap_tag = "eval/test/amortization_gap"
         request = {"experimentName": "", "startIndex": 0, "sliceSize": 10, "includeMetrics": True}
         request["allowedStatuses"] = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
-        request["colParams"] = [{"metric": {"tag": "eval/test/amortization_gap"}}]
-        groups = board.get("/data/plugin/hparams/session_groups", request)["sessionGroups"]
+        request["colParams"] = [{"metric": {"tag": gap_tag}}, {"hparam": "inference.kind"}]
+
+        def loaded(answer: dict) -> bool:  # three sessions, every evaluated gap read
+            groups = answer.get("sessionGroups", [])
+            tags = [m["name"]["tag"] for g in groups for m in g.get("metricValues", [])]
+            return len(groups) == 3 and tags.count(gap_tag) == 1 and tags.count("eval/test/log_px") == 2
+
+        groups = board.poll("/data/plugin/hparams/session_groups", request, loaded)["sessionGroups"]
         sessions = {s["name"]: s for group in groups for s in group["sessions"]}
         assert set(sessions) == {"amortized", "local", "failed"}
         assert sessions["amortized"]["status"] == sessions["local"]["status"] == "STATUS_SUCCESS"
         assert sessions["failed"].get("status", "STATUS_UNKNOWN") == "STATUS_UNKNOWN"  # not success
         (amortized,) = [g for g in groups if g["sessions"][0]["name"] == "amortized"]
         assert amortized["hparams"]["inference.kind"] == "amortized"
-        (gap,) = [m for m in amortized["metricValues"] if m["name"]["tag"] == "eval/test/amortization_gap"]
+        (gap,) = [m for m in amortized["metricValues"] if m["name"]["tag"] == gap_tag]
         assert gap["value"] == pytest.approx(gaps["amortization_gap"], rel=1e-6)
+        (local,) = [g for g in groups if g["sessions"][0]["name"] == "local"]
+        assert gap_tag not in [m["name"]["tag"] for m in local["metricValues"]]  # no encoder, no such gap
 
         tag = "eval/test/approximation_gap"
         scalars = board.get(f"/data/plugin/scalars/scalars?run=amortized&tag={tag}")
         assert [value for _, _, value in scalars] == pytest.approx([gaps["approximation_gap"]], rel=1e-6)
 
-        images = board.get("/data/plugin/images/tags")["amortized"]
-        assert {"eval/figures/test_gaps", "eval/figures/test_bounds", "eval/figures/gap_curves"} <= set(
-            images
-        )
+        images = set(board.get("/data/plugin/images/tags")["amortized"])
+        assert {"eval/figures/test_gaps", "eval/figures/test_bounds", "eval/figures/gap_curves"} <= images
 
 
 def test_one_experiment_per_log_root(log_root: Path, tmp_path: Path) -> None:
