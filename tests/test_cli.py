@@ -97,6 +97,7 @@ def test_late_settings_are_checked_before_work(tmp_path):
     assert not (run_dir / "eval").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: about 5 s on a busy 2-core machine
 def test_version_through_python_dash_m():
     done = subprocess.run(
         [sys.executable, "-m", "vi_lab", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=300

@@ -109,10 +109,8 @@ def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path:
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags],
     )
     summary = _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
-    for stale in root.rglob(EXPERIMENT_FILE):
-        stale.unlink()
     path = root / EXPERIMENT_FILE
-    temp = root / f".{EXPERIMENT_FILE}.tmp"
+    temp = root / ".vi_lab_experiment.tmp"  # no "tfevents" in the name: TensorBoard never reads it
     with temp.open("wb") as file:
         records = RecordWriter(file)
         for event in (
@@ -121,6 +119,9 @@ def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path:
         ):
             records.write(event.SerializeToString())
         records.flush()
+    for stale in root.rglob(EXPERIMENT_FILE):
+        if stale != path:
+            stale.unlink()
     os.replace(temp, path)
     return path
 
