@@ -56,7 +56,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         return
     summary = evaluate_run(args.run_dir, args.overrides)
     print(format_table([summary], [Path(args.run_dir).name]))
-    print(f"\nwritten: {Path(args.run_dir) / 'eval' / 'gaps.json'}")
+    print(f"\nwritten: {Path(args.run_dir) / 'eval' / 'gaps.json'}, points.npz and figures (*.png)")
 
 
 def _compare(args: argparse.Namespace) -> None:
