@@ -10,13 +10,15 @@ training seconds, the curves behind `compare`'s equal-budget table.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from vi_lab.evaluation.gaps import standard_error
 from vi_lab.runs.figures import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GAP_LABELS = {
     "amortization_gap": "amortization gap L[q*] − L[q]",
