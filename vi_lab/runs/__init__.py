@@ -3,7 +3,8 @@
 `schedule` gives the step size and KL weight at a step; `window` checks and reduces the
 logged terms between log points; `checkpoint` writes and checks checkpoints atomically;
 `resume` decides what a resumed run may change and restores it; `stopping` turns
-SIGTERM/SIGINT into a clean stop; `board` writes TensorBoard and JSON summaries;
-`folder` names new run folders and loads trained runs; `outputs` (with `png`) writes the
+SIGTERM/SIGINT into a clean stop; `board` writes TensorBoard (HParams sessions and
+experiment), PNG (Pillow) and JSON files; `figures` renders matplotlib figures to PNG and
+TensorBoard; `folder` names new run folders and loads trained runs; `outputs` writes the
 files of the uses. No evaluation code: these are the run's mechanics and its I/O.
 """
