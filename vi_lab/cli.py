@@ -18,10 +18,11 @@ from vi_lab import __version__
 from vi_lab.config import ConfigError, config_yaml, from_dict, load_config, override
 from vi_lab.data.fashion_mnist import DataFileError
 from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
+from vi_lab.experiment import write_experiment_summary
 from vi_lab.runs.checkpoint import load_checkpoint
 from vi_lab.runs.folder import default_run_dir
 from vi_lab.runs.stopping import exit_code, signal_of
-from vi_lab.train import NonFiniteLossError, train, write_experiment_summary
+from vi_lab.train import NonFiniteLossError, train
 
 USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
 

@@ -23,7 +23,6 @@ one stays intact; `resume=True` continues from it exactly, under `runs/resume.py
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,13 +36,12 @@ from tqdm import tqdm
 
 from vi_lab.config import Config, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
-from vi_lab.evaluation.evaluate import eval_tags
 from vi_lab.evaluation.validation import VALID_KEYS, NonFiniteValidation, row_gap, validate, validation_images
 from vi_lab.inference.objectives import elbo
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
-from vi_lab.runs.board import end_session, start_session, write_experiment, write_json
+from vi_lab.runs.board import end_session, start_session, write_json
 from vi_lab.runs.checkpoint import FILENAME, save_checkpoint
 from vi_lab.runs.folder import check_fresh
 from vi_lab.runs.schedule import kl_weight, learning_rate
@@ -61,15 +59,6 @@ METRIC_TAGS = [
     "charts/seconds",
 ]
 EpochCallback = Callable[[int, dict[str, Any]], None]
-
-
-def write_experiment_summary(root: str | Path) -> Path:
-    """ROOT's one TensorBoard HParams experiment (`board.write_experiment`): the hyperparameters
-    of every run below ROOT, and as metrics the training and validation tags and the gaps
-    of `vi-lab evaluate` on every split evaluated below ROOT."""
-    root = Path(root)
-    splits = sorted({json.loads(path.read_text())["split"] for path in root.rglob("eval/gaps.json")})
-    return write_experiment(root, [*METRIC_TAGS, *(tag for split in splits for tag in eval_tags(split))])
 
 
 class NonFiniteLossError(RuntimeError):

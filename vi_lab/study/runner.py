@@ -62,6 +62,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch.utils.tensorboard import SummaryWriter
 
 from vi_lab.config import Config, override
+from vi_lab.experiment import write_experiment_summary
 from vi_lab.runs.board import end_session
 from vi_lab.runs.stopping import Terminated, exit_code, graceful_stop, signal_of
 from vi_lab.study.config import (
@@ -80,7 +81,7 @@ from vi_lab.study.config import (
 )
 from vi_lab.study.folder import bind_study_folder, check_study_folder
 from vi_lab.study.storage import StorageLocation, in_study_dir, resolve_storage
-from vi_lab.train import train, write_experiment_summary
+from vi_lab.train import train
 
 TARGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # what n_trials counts
 HARNESS_EXIT_CODE = 2  # a spawned worker stopped by a TrialHarnessError
