@@ -35,7 +35,7 @@ def examples_per_second(procs: int, kind: str, num_train: int, device: str, fold
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)),
         *("-m", "vi_lab.cli", "train", str(ROOT / "configs" / f"{kind}.yaml"), "--run-dir", str(run_dir)),
         *(f"data.num_train={num_train}", "train.epochs=1", "progress=false", f"device={device}"),
-        *("train.valid_num_points=50", "train.valid_num_samples=50", "train.lr_schedule=constant"),
+        *("train.valid_num_points=50", "train.valid_num_samples=50", "eval.refine.max_steps=50"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(command, env=env, check=True, capture_output=True)
@@ -46,14 +46,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-train", type=int, default=5000)
     parser.add_argument("--kinds", nargs="+", default=["local", "amortized"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.device.startswith("cuda") and max(args.procs) > torch.cuda.device_count():
         parser.error(f"--procs {max(args.procs)} needs as many GPUs; {torch.cuda.device_count()} here")
-    cores = os.cpu_count()
-    print(f"device {args.device}, {cores} CPU cores, {args.num_train} training points, 1 epoch per round")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"device {args.device}, {os.cpu_count()} CPU cores (load average {load} at the start: other work")
+    print(f"competing for them lowers the efficiency), {args.num_train} training points, 1 epoch per round")
     with tempfile.TemporaryDirectory() as folder:
         for kind in args.kinds:
             best: dict[int, float] = {}
@@ -66,6 +67,7 @@ def main() -> None:
             for procs in args.procs:
                 rate, efficiency = best[procs], best[procs] / (procs * base)
                 print(f"{kind}: {procs} process(es) {rate:8.0f} examples/s, efficiency {efficiency:.2f}")
+    print("load average at the end: " + ", ".join(f"{value:.1f}" for value in os.getloadavg()))
 
 
 if __name__ == "__main__":
