@@ -25,15 +25,16 @@ the same global minibatch and works on the rows it owns (`distributed.Shard`): t
 is sharded, DistributedDataParallel averages the decoder's (and encoder's) gradients with
 the single-process scale, and the logged sums are reduced over ranks, so a step is the
 single-process step up to Monte Carlo noise. Rank 0 writes TensorBoard, config.yaml and
-metrics.json; a checkpoint is written in shards (`runs/checkpoint.py`). A stop by signal
-under torchrun keeps the last epoch's checkpoint (a mid-epoch save would be a collective
-that ranks stopped at different points cannot join).
+metrics.json; a checkpoint is written in shards (`runs/checkpoint.py`). A signal stops
+every rank after the same step (they agree on it after each step), so the checkpoint
+written on Ctrl-C or SIGTERM is a collective all ranks join.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from vi_lab.runs.board import NullWriter, end_session, start_session, write_json
 from vi_lab.runs.checkpoint import FILENAME, save_checkpoint, save_sharded
 from vi_lab.runs.folder import check_fresh
 from vi_lab.runs.schedule import kl_weight, learning_rate
-from vi_lab.runs.stopping import graceful_stop, signal_of, signals_deferred
+from vi_lab.runs.stopping import graceful_stop, signal_of, signals_deferred, signals_recorded, stop_for
 from vi_lab.runs.window import MetricWindow, NonFiniteStep
 from vi_lab.runtime import resolve_device, rng_state, seed_everything
 
@@ -200,16 +201,14 @@ def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
     )
     metrics = _summary(run) if run.history else {}
     try:
-        while run.position.epoch < run.config.train.epochs:
-            epoch_started = time.perf_counter()
-            _train_epoch(run, bar, steps_per_epoch)
-            metrics = _end_epoch(run, epoch_started)
-            if on_epoch is not None:
-                on_epoch(run.position.epoch, metrics)
+        with _agreed_stops() as check_stop:
+            while run.position.epoch < run.config.train.epochs:
+                epoch_started = time.perf_counter()
+                _train_epoch(run, bar, steps_per_epoch, check_stop)
+                metrics = _end_epoch(run, epoch_started)
+                if on_epoch is not None:
+                    on_epoch(run.position.epoch, metrics)
     except KeyboardInterrupt as stop:
-        if distributed.world_size() > 1:  # see the module doc
-            bar.write(f"interrupted by {signal_of(stop).name}: the last epoch's checkpoint is kept")
-            raise
         _flush(run)  # never save parameters that a non-finite step has touched
         _save(run)
         bar.write(
@@ -222,7 +221,25 @@ def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
     return metrics
 
 
-def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int) -> None:
+@contextmanager
+def _agreed_stops() -> Iterator[Callable[[], None]]:
+    """A `check()` to call after every step. Under torchrun signals are only recorded, and
+    `check` (a collective) raises the stop on every rank after the same step, so that all
+    join the checkpoint. In one process signals raise where they land and `check` is idle."""
+    if distributed.world_size() == 1:
+        yield lambda: None
+        return
+    with signals_recorded() as received:
+
+        def check() -> None:
+            signum = int(distributed.all_max(float(max(received, default=0))))  # SIGTERM over SIGINT
+            if signum:
+                raise stop_for(signum)
+
+        yield check
+
+
+def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int, check_stop: Callable[[], None]) -> None:
     config, position, train = run.config, run.position, run.config.train
     generator = epoch_generator(config.seed, position.epoch, run.data.x["train"].device)
     x_epoch = run.data.epoch_train(generator)
@@ -248,6 +265,7 @@ def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int) -> None:
             for name, value in {**means, "beta": beta, "lr": run.optimizer.param_groups[0]["lr"]}.items():
                 run.scalar(f"train/{name}", value)
             bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
+        check_stop()
     _flush(run)
     position.step_seconds += time.perf_counter() - started
     if run.window.epoch_count:

@@ -9,7 +9,9 @@ critical sections). So:
 - `graceful_stop()` (around a whole run or study worker) makes SIGTERM behave like Ctrl-C:
   it raises `Terminated`, a KeyboardInterrupt, so the same handlers save and stop;
 - `signals_deferred()` (around a checkpoint write) only records a signal, and raises it
-  once the write has completed, so the file on disk is always whole.
+  once the write has completed, so the file on disk is always whole;
+- `signals_recorded()` only records signals, for a caller that stops where it can: under
+  torchrun every rank must stop at the same step, which the ranks agree on after each step.
 
 Signal handlers belong to the process and run in the main thread; in any other thread
 both context managers do nothing.
@@ -66,6 +68,22 @@ def graceful_stop() -> Iterator[None]:
         return
     with _handlers(_raise_terminated, (signal.SIGTERM,)):
         yield
+
+
+@contextmanager
+def signals_recorded() -> Iterator[list[int]]:
+    """Record SIGINT/SIGTERM during the block, raising nothing: the caller polls the list."""
+    received: list[int] = []
+    if not _in_main_thread():
+        yield received
+        return
+    with _handlers(lambda signum, frame: received.append(signum), SIGNALS):
+        yield received
+
+
+def stop_for(signum: int) -> KeyboardInterrupt:
+    """What a signal raises under `graceful_stop`: `Terminated` for SIGTERM, else KeyboardInterrupt."""
+    return Terminated("stopped by SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextmanager
