@@ -1,12 +1,14 @@
 """`train(config, run_dir) -> metrics`: the one training entry point (CLI, tests, Optuna).
 
-Per minibatch (x, idx): `posterior.update` does the work that precedes a decoder step
-(the per-datapoint inner loop, or nothing for an encoder), then one Adam step on the
-negative minibatch ELBO moves the decoder (and the encoder, when there is one). This
-is coordinate ascent for local runs (block coordinate ascent on the ELBO, Bishop 2006
-§10.1.1) and joint VAE training for amortized runs (Kingma & Welling 2014), with the same
-loop. KL warm-up (Bowman et al. 2016; Sønderby et al. 2016) weights the KL term of the
-training objective by beta; every reported bound has beta = 1.
+Per minibatch (x, idx): `posterior.training_terms` does the work that precedes a decoder
+step (the per-datapoint inner loop, K refinement steps of the encoder's q, or nothing for
+an encoder) and returns the per-example objective, then one Adam step on its negative mean
+moves the decoder (and the encoder, when there is one). This is coordinate ascent for local
+runs (block coordinate ascent on the ELBO, Bishop 2006 §10.1.1), joint VAE training for
+amortized runs (Kingma & Welling 2014) and semi-amortized training (Kim et al. 2018), with
+the same loop; `train.max_grad_norm` clips the step's total gradient norm in every mode.
+KL warm-up (Bowman et al. 2016; Sønderby et al. 2016) weights the KL term of the training
+objective by beta; every reported bound has beta = 1.
 
 Validation means the same for every mode: on a fixed subset of the validation split,
 q is refined to convergence from the posterior's guess with the decoder frozen
@@ -40,7 +42,6 @@ from tqdm import tqdm
 from vi_lab.config import Config, LRSchedule, TrainConfig, flatten, from_dict, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.evaluation.gaps import measure_gaps, measure_row_gap, standard_error
-from vi_lab.inference.objectives import elbo
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
@@ -231,15 +232,14 @@ class _Loop:
             beta = kl_weight(config.train, position.step, self.steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(config.train, position.step, total_steps)
-            stats = model.posterior.update(model.decoder, x, idx, beta)
-            loc, log_scale = model.posterior(x, idx)
-            terms = elbo(model.decoder, x, loc, log_scale, config.inference.num_samples)
-            loss = -(terms["recon"] - beta * terms["kl"]).mean()
+            values = model.posterior.training_terms(model.decoder, x, idx, beta, config.inference.num_samples)
+            loss = -values.pop("objective").mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.train.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
             self.optimizer.step()
 
-            values = {**terms, **stats}
             self.names = list(values)
             self.window.append(torch.stack([v.detach() for v in values.values()]).sum(1))  # (T,)
             self.window_count += x.shape[0]

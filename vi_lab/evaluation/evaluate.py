@@ -23,10 +23,12 @@ from vi_lab.runs.folder import load_run
 
 ROWS = [
     ("elbo_amortized", "L[q] (encoder)"),
+    ("elbo_inferred", "L[q] (posterior's own inference)"),
     ("elbo_refined", "L[q*] (refined)"),
     ("log_px", "log p(x)"),
     ("log_px_exact", "log p(x) exact"),
     ("amortization_gap", "amortization gap"),
+    ("inferred_gap", "gap after own inference"),
     ("approximation_gap", "approximation gap"),
     ("inference_gap", "inference gap"),
 ]
