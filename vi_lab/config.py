@@ -396,8 +396,13 @@ def from_dict(data: dict[str, Any]) -> Config:
     return build(Config, OmegaConf.create(data))
 
 
+def config_yaml(config: Any) -> str:
+    """A config (or a section of one) as YAML: every key, resolved."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    Path(path).write_text(config_yaml(config))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
