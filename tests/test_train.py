@@ -92,6 +92,7 @@ def test_training_steps_change_decoder_and_encoder(tmp_path):
         assert all(not torch.equal(before[n], after[n]) for n in before), name
 
 
+@pytest.mark.slow
 def test_semi_amortized_with_no_steps_trains_as_an_amortized_run(tmp_path):
     """K = 0: the refined q is the encoder's q, so a semi-amortized run (either encoder
     gradient) takes the amortized run's steps exactly: same parameters after 5 decoder steps
