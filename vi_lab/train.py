@@ -1,10 +1,13 @@
 """`train(config, run_dir) -> metrics`: the one training entry point (CLI, tests, Optuna).
 
-Per minibatch (x, idx): `posterior.update` does the work that precedes a decoder step
-(the per-datapoint inner loop, or nothing for an encoder), then one Adam step on the
-negative minibatch ELBO moves the decoder (and the encoder, when there is one). This is
-block coordinate ascent on the ELBO for local runs (Bishop 2006, Sec. 10.1.1) and joint
-VAE training for amortized runs (Kingma & Welling 2014, Algorithm 1), with the same loop.
+Per minibatch (x, idx): `posterior.training_terms` does the work that precedes a decoder
+step (the per-datapoint inner loop, K refinement steps of the encoder's q, or nothing for
+an encoder) and returns the per-example objective; one Adam step on its negative mean moves
+the decoder (and the encoder, when there is one). This is block coordinate ascent on the
+ELBO for local runs (Bishop 2006, Sec. 10.1.1), joint VAE training for amortized runs
+(Kingma & Welling 2014, Algorithm 1) and semi-amortized training (Kim et al. 2018,
+Algorithm 1), with the same loop; `train.max_grad_norm` clips the step's total gradient
+norm in every mode.
 KL warm-up weights the KL term of the training objective by beta (`runs/schedule.py`);
 every reported bound has beta = 1.
 
@@ -48,7 +51,6 @@ from vi_lab import distributed
 from vi_lab.config import Config, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.evaluation.validation import VALID_KEYS, NonFiniteValidation, row_gap, validate, validation_images
-from vi_lab.inference.objectives import elbo
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
@@ -170,24 +172,27 @@ def train_step(
     idx: Tensor,
     beta: float,
     num_samples: int,
+    max_grad_norm: float = 0.0,
     network: nn.Module | None = None,
 ) -> dict[str, Tensor]:
     """One decoder step on a minibatch; returns the per-example terms to log, each (B,).
 
-    Under torchrun (x, idx) is the global minibatch, of which this rank takes the rows it
-    owns, and `network` is the model under DistributedDataParallel (`distributed.wrap`).
+    `max_grad_norm` > 0 clips the total gradient norm (Pascanu et al. 2013). Under torchrun
+    (x, idx) is the global minibatch, of which this rank takes the rows it owns, and
+    `network` is the model under DistributedDataParallel (`distributed.wrap`), whose
+    all-reduce leaves every rank with the gradient of the global batch before clipping.
     """
     shard = distributed.current_shard()
     x_own, idx_own = shard.select(x, idx)
-    stats = model.posterior.update(model.decoder, x_own, idx_own, beta)
-    loc, log_scale = (network or model)(x_own, idx_own)  # posterior(x, idx)
-    terms = elbo(model.decoder, x_own, loc, log_scale, num_samples)
+    terms = (network or model)(x_own, idx_own, beta, num_samples)  # posterior.training_terms
     # DDP averages over ranks: this scale makes the gradient that of the global batch mean
-    loss = -(terms["recon"] - beta * terms["kl"]).sum() / (x.shape[0] / shard.world_size)
+    loss = -terms.pop("objective").sum() / (x.shape[0] / shard.world_size)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
-    return {**terms, **stats}
+    return terms
 
 
 def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
@@ -250,7 +255,16 @@ def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int, check_stop: Callabl
         beta = kl_weight(train, position.step, steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(train, position.step, train.epochs * steps_per_epoch)
-        values = train_step(run.model, run.optimizer, x, idx, beta, config.inference.num_samples, run.network)
+        values = train_step(
+            run.model,
+            run.optimizer,
+            x,
+            idx,
+            beta,
+            config.inference.num_samples,
+            train.max_grad_norm,
+            run.network,
+        )
         run.window.add(values, x.shape[0])
         position.batch, position.step, position.examples = (
             position.batch + 1,

@@ -117,6 +117,32 @@ def window_gain(
     return diff.mean(0), diff.std(0) / math.sqrt(num_samples)
 
 
+def adam_step(
+    params: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr: Tensor,
+    active: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Adam ascent step of each row: new (params, exp_avg, exp_avg_sq, step), inputs untouched.
+
+    params, grad and the moments are (N, 2, D); step, lr and active are (N,). A row with
+    active = 0 keeps its parameters and state. Kingma & Ba (2015), Algorithm 1, in its
+    efficient form (both bias corrections in the step size). Out of place, so that autograd
+    can differentiate through it (`unrolled.py`).
+    """
+    live = active[:, None, None]  # (N, 1, 1)
+    step = step + active
+    exp_avg = exp_avg.lerp(grad, live * (1 - BETA1))
+    exp_avg_sq = exp_avg_sq.lerp(grad.square(), live * (1 - BETA2))
+    count = step.clamp(min=1)
+    step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
+    params = params.addcdiv(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt() + EPS)  # (N, 2, D)
+    return params, exp_avg, exp_avg_sq, step
+
+
 def fit_local(
     decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfig, beta: float = 1.0
 ) -> FitResult:
@@ -128,8 +154,7 @@ def fit_local(
     mix of rows.
     """
     num_rows = x.shape[0]
-    params = rows.params.clone()
-    exp_avg, exp_avg_sq, step = rows.exp_avg.clone(), rows.exp_avg_sq.clone(), rows.step.clone()
+    params, exp_avg, exp_avg_sq, step = rows.params, rows.exp_avg, rows.exp_avg_sq, rows.step
     active = torch.ones(num_rows, device=x.device)  # (N,) 1 while a row is optimized, then 0
     lr = torch.full((num_rows,), config.lr, device=x.device)
     decays_left = torch.full((num_rows,), float(config.num_decays), device=x.device)
@@ -149,16 +174,8 @@ def fit_local(
             if t == 0:
                 first = estimate
             grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
-
-            # Adam ascent; a stopped row has weight 0 in every update, so nothing of it moves.
-            live = active[:, None, None]  # (N, 1, 1)
-            step += active
-            exp_avg.lerp_(grad, live * (1 - BETA1))
-            exp_avg_sq.lerp_(grad.square_(), live * (1 - BETA2))
-            # Kingma & Ba (2015), Algorithm 1's efficient form: both bias corrections in the step size.
-            count = step.clamp(min=1)
-            step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
-            params.addcdiv_(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt().add_(EPS))  # (N, 2, D)
+            # a stopped row has weight 0 in every update, so nothing of it moves
+            params, exp_avg, exp_avg_sq, step = adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active)
 
             if can_decide and (t + 1) % config.check_every == 0 and t + 1 < config.max_steps:
                 num_checks += 1

@@ -9,27 +9,29 @@ from vi_lab.data.datasets import Data
 from vi_lab.distributed import WHOLE, Shard
 from vi_lab.models.decoders import build_decoder
 from vi_lab.models.encoders import build_encoder
-from vi_lab.models.posteriors import AmortizedPosterior, LocalPosterior
+from vi_lab.models.posteriors import AmortizedPosterior, LocalPosterior, SemiAmortizedPosterior
+
+Posterior = AmortizedPosterior | LocalPosterior | SemiAmortizedPosterior
 
 
 class LatentVariableModel(nn.Module):
     """Holds decoder and posterior so that one state dict and one optimizer cover both."""
 
-    def __init__(self, decoder: nn.Module, posterior: AmortizedPosterior | LocalPosterior) -> None:
+    def __init__(self, decoder: nn.Module, posterior: Posterior) -> None:
         super().__init__()
         self.decoder = decoder
         self.posterior = posterior
 
-    def forward(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """q of the minibatch (x, idx): `posterior(x, idx)`, as a forward pass, so that
-        DistributedDataParallel can wrap the model (the wrapper's forward readies its gradient
-        all-reduce, which covers every parameter the backward pass reaches, decoder included)."""
-        return self.posterior(x, idx)
+    def forward(self, x: Tensor, idx: Tensor, beta: float = 1.0, num_samples: int = 1) -> dict[str, Tensor]:
+        """The training step's per-example terms on the minibatch (x, idx):
+        `posterior.training_terms`, as a forward pass, so that DistributedDataParallel can wrap
+        the model (its forward readies the all-reduce of the gradients)."""
+        return self.posterior.training_terms(self.decoder, x, idx, beta, num_samples)
 
     @property
     def table_keys(self) -> list[str]:
         """State-dict keys holding one entry per training row (sharded over ranks), if any."""
-        if self.posterior.amortized:
+        if not isinstance(self.posterior, LocalPosterior):
             return []
         return [f"posterior.{name}" for name in LocalPosterior.TABLE]
 
@@ -37,10 +39,16 @@ class LatentVariableModel(nn.Module):
 def build_model(config: Config, data: Data, shard: Shard = WHOLE) -> LatentVariableModel:
     """The model of `config`; a per-datapoint table holds only the rows of `shard` (all by default)."""
     decoder = build_decoder(config.model, data.data_dim, data.image_shape)
-    if config.inference.kind == InferenceKind.amortized:
-        posterior: AmortizedPosterior | LocalPosterior = AmortizedPosterior(
-            build_encoder(config.model, data.data_dim, data.image_shape)
+    kind = config.inference.kind
+    if kind == InferenceKind.local:
+        posterior: Posterior = LocalPosterior(
+            data.num_train, config.model.latent_dim, config.inference.inner, shard
         )
-    else:
-        posterior = LocalPosterior(data.num_train, config.model.latent_dim, config.inference.inner, shard)
+    else:  # an encoder, built after the decoder: same seed, same weights in both encoder modes
+        encoder = build_encoder(config.model, data.data_dim, data.image_shape)
+        posterior = (
+            AmortizedPosterior(encoder)
+            if kind == InferenceKind.amortized
+            else SemiAmortizedPosterior(encoder, config.inference.refine)
+        )
     return LatentVariableModel(decoder, posterior)

@@ -30,6 +30,7 @@ MAY_CHANGE = (
     "eval.",
     "inference.num_samples",
     "inference.inner.",
+    "inference.refine.",
     "progress",
     "device",
     "data.path",
