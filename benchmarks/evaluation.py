@@ -1,17 +1,27 @@
-"""Evaluation cost on Fashion-MNIST: refinement and IWAE points/s, and IWAE's peak memory.
+"""Evaluation that scales: refinement and IWAE-5000 time and peak memory as the points grow.
 
-Model: the Cremer et al. (2018) decoder (z=50, MLP 200-200, Bernoulli), untrained
-weights (the cost does not depend on them). Peak memory is the rise above the level
-before the call: on CUDA from torch's allocator statistics, on CPU from the resident set
-size sampled every millisecond from /proc/self/statm while the call runs.
+Model: the Cremer et al. (2018) decoder (z=50, MLP 200-200, Bernoulli), untrained weights
+(the cost per step does not depend on them; the number of refinement steps does, so the
+refinement figures are those of this decoder). Each size is measured once, in order N, 2N:
+- refinement (`eval.refine`, chunks of `eval.batch_size` points): seconds per point at 2N
+  against N (linear: 1.0), and its time against the cost of the steps its rows took
+  (every row paying only its own steps, at the per-row cost of a full chunk): how little
+  the rows that stopped cost (the working set is compacted once most rows are done);
+- IWAE with the refined q as proposal: seconds per point at 2N against N, and its peak
+  memory against the memory budget;
+- both extrapolated linearly to the 10,000 test points (labelled as such).
+Peak memory is the rise above the level before the call: on CUDA from torch's allocator
+statistics, on CPU from the resident set size sampled every millisecond from
+/proc/self/statm while the call runs.
 
-Run: python benchmarks/evaluation.py [--points 1000] [--budget-mb 512]
+Run: python -m benchmarks.evaluation [--points N] [--samples K] [--budget-mb MB]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -19,16 +29,19 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.table import Row, machine, markdown
+from benchmarks.throughput import inner_step_seconds
 from vi_lab.config import load_config
 from vi_lab.data.datasets import load_data
 from vi_lab.evaluation.iwae import iwae_log_marginal
 from vi_lab.inference.gaussian import standard_normal_params
-from vi_lab.inference.refine import refine
+from vi_lab.inference.refine import Refined, refine
 from vi_lab.models.decoders import build_decoder
-from vi_lab.runtime import resolve_device
+from vi_lab.runtime import memory_budget_mb, resolve_device
 
 ROOT = Path(__file__).parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TEST_POINTS = 10_000
 
 
 def _rss_bytes() -> int:
@@ -36,16 +49,16 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * PAGE
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """(seconds, peak MB above the starting level) of one call."""
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[object, float, float]:
+    """(result, seconds, peak MB above the starting level) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         started = time.perf_counter()
-        fn()
+        result = fn()
         torch.cuda.synchronize(device)
-        return time.perf_counter() - started, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return result, time.perf_counter() - started, (torch.cuda.max_memory_allocated(device) - base) / 2**20
     base, peak, done = _rss_bytes(), [0], threading.Event()
 
     def watch() -> None:
@@ -56,53 +69,114 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[floa
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.perf_counter()
-    fn()
+    result = fn()
     seconds = time.perf_counter() - started
     done.set()
     watcher.join()
-    return seconds, max(peak[0] - base, 0) / 2**20
+    return result, seconds, max(peak[0] - base, 0) / 2**20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--points", type=int, default=50, help="N: sizes N and 2N are measured")
+    group.add_argument("--samples", type=int, default=5000, help="K of IWAE")
+    group.add_argument(
+        "--budget-mb", type=float, default=None, help="IWAE memory budget (default: the device's)"
+    )
+    group.add_argument("--batch-size", type=int, default=None, help="points refined together (default: N)")
+
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    device = resolve_device(args.device)
+    config = load_config(ROOT / "configs" / "amortized.yaml")
+    sizes = (args.points, 2 * args.points)
+    x_all = load_data(config.data, device).x["test"][: sizes[-1]]
+    torch.manual_seed(0)
+    decoder = build_decoder(config.model, 784, (1, 28, 28)).to(device).requires_grad_(False)
+    budget = memory_budget_mb(device) if args.budget_mb is None else args.budget_mb
+    batch_size = args.batch_size or args.points
+    refine_config = config.eval.refine
+    latent = config.model.latent_dim
+
+    warm = x_all[:10]  # first-call costs (allocator, kernels) paid by neither size
+    iwae_log_marginal(decoder, warm, *standard_normal_params(10, latent, device), 10, memory_budget_mb=budget)
+    refine_seconds, refine_steps, refine_mb, iwae_seconds, iwae_mb = [], [], [], [], []
+    for num in sizes:
+        x = x_all[:num]
+        start = standard_normal_params(num, latent, device)
+        refined, _, mb = peak_memory_mb(
+            lambda x=x, s=start: refine(decoder, x, *s, refine_config, batch_size), device
+        )
+        assert isinstance(refined, Refined)
+        refine_seconds.append(refined.seconds)
+        refine_steps.append(refined.steps.sum().item())
+        refine_mb.append(mb)
+        _, seconds, mb = peak_memory_mb(
+            lambda x=x, r=refined: iwae_log_marginal(
+                decoder, x, r.loc, r.log_scale, args.samples, memory_budget_mb=budget
+            ),
+            device,
+        )
+        iwae_seconds.append(seconds)
+        iwae_mb.append(mb)
+    # What the rows' own steps cost at the per-row price of a full chunk (a fixed-length fit).
+    row_step = (
+        statistics.median(
+            inner_step_seconds(decoder, x_all[:batch_size], refine_config.num_samples, 10) for _ in range(3)
+        )
+        / batch_size
+    )
+    point_steps = refine_steps[1]
+    refine_pp = [s / n for s, n in zip(refine_seconds, sizes, strict=True)]
+    iwae_pp = [s / n for s, n in zip(iwae_seconds, sizes, strict=True)]
+    refine_ps = [s / k * 1e3 for s, k in zip(refine_seconds, refine_steps, strict=True)]  # ms/point-step
+    n1, n2 = sizes
+    return [
+        Row(
+            f"refinement, ms/point-step at {n2} vs {n1} points (chunks of {batch_size})",
+            f"{refine_ps[1]:.3f} ms ({refine_pp[1]:.3f} s/point), peak +{refine_mb[1]:.0f} MB",
+            f"{refine_ps[0]:.3f} ms ({refine_pp[0]:.3f} s/point), peak +{refine_mb[0]:.0f} MB",
+            refine_ps[1] / refine_ps[0],
+            goal="≈ 1 (linear)",
+        ),
+        Row(
+            f"refinement vs its rows' own steps ({n2} points)",
+            f"{refine_seconds[1]:.1f} s",
+            f"{point_steps:.0f} point-steps x {row_step * 1e3:.3f} ms = {point_steps * row_step:.1f} s",
+            refine_seconds[1] / (point_steps * row_step),
+            goal="<= 1.3",
+        ),
+        Row(
+            f"IWAE K={args.samples}, s/point at {n2} vs {n1} points",
+            f"{iwae_pp[1]:.3f} s/point",
+            f"{iwae_pp[0]:.3f} s/point",
+            iwae_pp[1] / iwae_pp[0],
+            goal="≈ 1 (linear)",
+        ),
+        Row(
+            f"IWAE K={args.samples} peak memory vs budget ({n2} points)",
+            f"+{iwae_mb[1]:.0f} MB",
+            f"budget {budget:.0f} MB",
+            iwae_mb[1] / budget,
+            goal="<= 1",
+        ),
+        Row(
+            f"refinement + IWAE K={args.samples} on {TEST_POINTS} points, EXTRAPOLATED from {n2}",
+            f"{(refine_pp[1] + iwae_pp[1]) * TEST_POINTS / 60:.0f} min "
+            f"({refine_pp[1] * TEST_POINTS / 60:.0f} + {iwae_pp[1] * TEST_POINTS / 60:.0f})",
+            "–",
+            None,
+        ),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=1000)
-    parser.add_argument("--samples", type=int, default=5000)
-    parser.add_argument("--budget-mb", type=float, default=512.0)
-    parser.add_argument("--refine-points", type=int, default=500)
     parser.add_argument("--device", default="auto")
+    add_arguments(parser)
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    config = load_config(ROOT / "configs" / "amortized.yaml")
-    x = load_data(config.data, device).x["test"][: args.points]
-    torch.manual_seed(0)
-    decoder = build_decoder(config.model, 784, (1, 28, 28)).to(device)
-    decoder.requires_grad_(False)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-
-    xr = x[: args.refine_points]
-    refined = refine(
-        decoder, xr, *standard_normal_params(xr.shape[0], 50, device), config.eval.refine, progress=True
-    )
-    steps = refined.steps.float().mean().item()
-    print(
-        f"refinement (S={config.eval.refine.num_samples}): {xr.shape[0]} points, "
-        f"{steps:.0f} steps on average, "
-        f"{refined.seconds:.1f} s -> {xr.shape[0] / refined.seconds:.1f} points/s, "
-        f"{xr.shape[0] * steps / refined.seconds:.0f} point-steps/s"
-    )
-
-    loc, log_scale = refined.loc[:1].expand(x.shape[0], -1), refined.log_scale[:1].expand(x.shape[0], -1)
-    warm = slice(0, 100)  # a short warm-up, so neither budget pays for first-call costs
-    iwae_log_marginal(decoder, x[warm], loc[warm], log_scale[warm], 500, memory_budget_mb=args.budget_mb / 8)
-    for budget in (args.budget_mb / 8, args.budget_mb):  # smallest first: freed memory stays in the process
-        seconds, peak = peak_memory_mb(
-            lambda b=budget: iwae_log_marginal(decoder, x, loc, log_scale, args.samples, memory_budget_mb=b),
-            device,
-        )
-        print(
-            f"IWAE K={args.samples} on {x.shape[0]} points, budget {budget:.0f} MB: {seconds:.1f} s -> "
-            f"{x.shape[0] / seconds:.1f} points/s, peak {peak:.0f} MB above start"
-        )
+    print(machine())
+    print(markdown(rows(args)))
 
 
 if __name__ == "__main__":

@@ -216,6 +216,20 @@ class EvalConfig:
         )
 
 
+class Precision(str, Enum):
+    float32 = "float32"
+    bf16 = "bf16"  # bfloat16 autocast of the training steps, CUDA only; evaluation stays float32
+
+
+@dataclass
+class RuntimeConfig:
+    """How the same computation executes; the numbers stay those of the default up to rounding
+    (bf16 aside: docs/performance.md measures its effect on the bounds)."""
+
+    compile: bool = False  # torch.compile the per-datapoint inner-loop step (CUDA graphs on a GPU)
+    precision: Precision = Precision.float32
+
+
 class LRSchedule(str, Enum):
     constant = "constant"
     cosine = "cosine"  # from train.lr to train.lr_min over the run (Loshchilov & Hutter 2017)
@@ -258,6 +272,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def check(self) -> None:
         require(

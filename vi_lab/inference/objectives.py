@@ -54,7 +54,16 @@ def elbo(
 def elbo_and_gradient(
     decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, num_samples: int = 1, beta: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-example ELBO (B,) and its reparameterization gradient w.r.t. loc and log_scale.
+    """Per-example ELBO (B,) and its reparameterization gradient w.r.t. loc and log_scale,
+    on `num_samples` fresh draws of eps (see `elbo_and_gradient_at`)."""
+    eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)  # (S, B, D)
+    return elbo_and_gradient_at(decoder, x, loc, log_scale, eps, beta)
+
+
+def elbo_and_gradient_at(
+    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, eps: Tensor, beta: float | Tensor = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-example ELBO (B,) and its gradient w.r.t. loc and log_scale at given noise eps (S, B, D).
 
     With `beta` != 1 the KL term is weighted by beta (the objective of KL warm-up).
 
@@ -64,10 +73,10 @@ def elbo_and_gradient(
         d/dlog_scale = E[grad_z log p(x|z) * eps] * s    - (s^2 - 1)
     where the last terms are -dKL(q || N(0, I)). Same values and gradients as autograd
     through `elbo` with the same noise, at a fraction of the graph: this is the inner
-    loop's hot path.
+    loop's hot path. The noise comes from the caller, so that a compiled copy of this
+    function (`runtime.compile`) draws no random numbers of its own and matches it.
     """
     scale = log_scale.exp()
-    eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)  # (S, B, D)
     with torch.enable_grad():
         z = (loc + scale * eps).detach().requires_grad_(True)  # (S, B, D)
         recon = decoder.log_prob(x, z)  # (S, B)

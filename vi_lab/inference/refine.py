@@ -37,14 +37,17 @@ def refine(
     config: LocalFitConfig,
     batch_size: int = 500,
     progress: bool = False,
+    compiled: bool = False,
 ) -> Refined:
-    """Fit per-point q starting at (loc, log_scale); batched, no loop over points."""
+    """Fit per-point q starting at (loc, log_scale); batched, no loop over points.
+
+    `compiled` runs the steps through torch.compile (see `fit_local`)."""
     started = time.perf_counter()
     chunks = []
     for begin in progress_bar(range(0, x.shape[0], batch_size), desc="refine", enabled=progress, leave=False):
         end = begin + batch_size
         rows = RowState.start_at(loc[begin:end], log_scale[begin:end])
-        chunks.append(fit_local(decoder, x[begin:end], rows, config))
+        chunks.append(fit_local(decoder, x[begin:end], rows, config, compiled=compiled))
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     return Refined(

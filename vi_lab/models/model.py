@@ -27,5 +27,7 @@ def build_model(config: Config, data: Data) -> LatentVariableModel:
             build_encoder(config.model, data.data_dim, data.image_shape)
         )
     else:
-        posterior = LocalPosterior(data.num_train, config.model.latent_dim, config.inference.inner)
+        posterior = LocalPosterior(
+            data.num_train, config.model.latent_dim, config.inference.inner, compiled=config.runtime.compile
+        )
     return LatentVariableModel(decoder, posterior)

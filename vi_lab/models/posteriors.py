@@ -48,10 +48,13 @@ class AmortizedPosterior(nn.Module):
 class LocalPosterior(nn.Module):
     amortized = False
 
-    def __init__(self, num_points: int, latent_dim: int, inner: InnerLoopConfig) -> None:
+    def __init__(
+        self, num_points: int, latent_dim: int, inner: InnerLoopConfig, compiled: bool = False
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.inner = inner
+        self.compiled = compiled  # the inner loop's steps through torch.compile (`runtime.compile`)
         rows = RowState.prior(num_points, latent_dim, torch.device("cpu"))
         # Buffers, not parameters: the decoder's optimizer never sees the table.
         self.register_buffer("params", rows.params)  # (N, 2, D)
@@ -74,13 +77,15 @@ class LocalPosterior(nn.Module):
         values are kept either way); otherwise a visit continues the last one's state.
         """
         rows = self.rows.rows(idx)
-        fit = fit_local(decoder, x, rows.fresh() if self.inner.reset_state else rows, self.inner, beta)
+        rows = rows.fresh() if self.inner.reset_state else rows
+        fit = fit_local(decoder, x, rows, self.inner, beta, self.compiled)
         self.rows.put_rows(idx, fit.state)
         return {"inner_steps": fit.steps.float(), "inner_gain": fit.last_elbo - fit.first_elbo}
 
     def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
         """Fresh rows for unseen points, fitted from the prior by the same inner loop."""
-        fit = fit_local(decoder, x, RowState.prior(x.shape[0], self.latent_dim, x.device), self.inner)
+        rows = RowState.prior(x.shape[0], self.latent_dim, x.device)
+        fit = fit_local(decoder, x, rows, self.inner, compiled=self.compiled)
         return fit.state.loc, fit.state.log_scale
 
     def guess(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,7 @@ MAY_CHANGE = (
     "inference.inner.",
     "progress",
     "device",
+    "runtime.",
     "data.path",
     "data.download",
 )
