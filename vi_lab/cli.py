@@ -16,8 +16,9 @@ from vi_lab.config import ConfigError, from_dict, load_config, override
 from vi_lab.data.fashion_mnist import DataFileError
 from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
 from vi_lab.runs.checkpoint import load_checkpoint
+from vi_lab.runs.folder import default_run_dir
 from vi_lab.runs.stopping import exit_code, signal_of
-from vi_lab.train import NonFiniteLossError, default_run_dir, train
+from vi_lab.train import NonFiniteLossError, train
 
 USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
 

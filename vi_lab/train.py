@@ -2,33 +2,30 @@
 
 Per minibatch (x, idx): `posterior.update` does the work that precedes a decoder step
 (the per-datapoint inner loop, or nothing for an encoder), then one Adam step on the
-negative minibatch ELBO moves the decoder (and the encoder, when there is one). This
-is coordinate ascent for local runs (block coordinate ascent on the ELBO, Bishop 2006
-§10.1.1) and joint VAE training for amortized runs (Kingma & Welling 2014), with the same
-loop. KL warm-up (Bowman et al. 2016; Sønderby et al. 2016) weights the KL term of the
-training objective by beta; every reported bound has beta = 1.
+negative minibatch ELBO moves the decoder (and the encoder, when there is one). This is
+block coordinate ascent on the ELBO for local runs (Bishop 2006, Sec. 10.1.1) and joint
+VAE training for amortized runs (Kingma & Welling 2014, Algorithm 1), with the same loop.
+KL warm-up weights the KL term of the training objective by beta (`runs/schedule.py`);
+every reported bound has beta = 1.
 
-Validation means the same for every mode: on a fixed subset of the validation split,
-q is refined to convergence from the posterior's guess with the decoder frozen
+Validation means the same for every mode: on a fixed subset of the validation split, q
+is refined to convergence from the posterior's guess with the decoder frozen
 (`eval.refine`), giving `valid/elbo_refined` and the importance-weighted `valid/log_px`
-(plus `valid/elbo_encoder` where there is an encoder). Scalars are written with the
-training clock as their wall time (seconds inside training steps since the run began),
-so TensorBoard's "relative" axis compares runs at equal training time.
+(plus `valid/elbo_encoder` where there is an encoder). Scalars carry the training clock
+as their wall time (seconds inside training steps since the run began), so TensorBoard's
+"relative" axis compares runs at equal training time.
 
-The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and
-on Ctrl-C or SIGTERM; the one before it as checkpoint.prev.pt) and metrics.json. A
-non-finite loss or validation ELBO stops the run before any checkpoint is written, so the
-last good one stays intact; `resume=True` continues from it exactly, under the rules of
-`runs/resume.py`.
+The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and on
+Ctrl-C or SIGTERM; the one before it as checkpoint.prev.pt) and metrics.json. A non-finite
+loss or validation ELBO stops the run before any checkpoint is written, so the last good
+one stays intact; `resume=True` continues from it exactly, under `runs/resume.py`'s rules.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +34,23 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vi_lab.config import Config, LRSchedule, TrainConfig, flatten, from_dict, save_config, to_dict
+from vi_lab.config import Config, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
-from vi_lab.evaluation.gaps import measure_gaps, measure_row_gap, standard_error
+from vi_lab.evaluation.validation import VALID_KEYS, NonFiniteValidation, row_gap, validate, validation_images
 from vi_lab.inference.objectives import elbo
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
-from vi_lab.runs.board import image_grid, write_hparams, write_json
-from vi_lab.runs.checkpoint import FILENAME, PREVIOUS, CheckpointError, load_checkpoint, save_checkpoint
+from vi_lab.runs.board import write_hparams, write_json
+from vi_lab.runs.checkpoint import FILENAME, save_checkpoint
+from vi_lab.runs.folder import check_fresh
+from vi_lab.runs.schedule import kl_weight, learning_rate
 from vi_lab.runs.stopping import graceful_stop, signal_of, signals_deferred
-from vi_lab.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from vi_lab.runs.window import MetricWindow, NonFiniteStep
+from vi_lab.runtime import resolve_device, rng_state, seed_everything
 
-VALID_KEYS = ("elbo_refined", "log_px", "elbo_encoder", "amortization_gap", "approximation_gap")
+__all__ = ["NonFiniteLossError", "kl_weight", "learning_rate", "train", "train_step"]
+
 METRIC_TAGS = [
     *(f"valid/{key}" for key in VALID_KEYS),
     "train/elbo",
@@ -61,7 +62,7 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss or validation ELBO became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -75,10 +76,24 @@ class Position:
     started: float = 0.0  # Unix time the run began: the origin of the scalars' wall times
 
 
-def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
-    """A readable, sortable name: {dataset}__{kind}__s{seed}__{time}."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{config.data.name.value}__{config.inference.kind.value}__s{config.seed}__{stamp}"
+@dataclass
+class _Run:
+    """What the loop carries from step to step."""
+
+    config: Config
+    run_dir: Path
+    data: Data
+    model: LatentVariableModel
+    optimizer: torch.optim.Optimizer
+    writer: SummaryWriter
+    position: Position
+    history: list[dict[str, Any]]
+    window: MetricWindow = field(default_factory=MetricWindow)
+
+    def scalar(self, tag: str, value: float) -> None:
+        """One scalar at the current step, stamped with the training clock (see module doc)."""
+        p = self.position
+        self.writer.add_scalar(tag, value, p.step, walltime=p.started + p.step_seconds)
 
 
 def train(
@@ -100,22 +115,14 @@ def train(
     data = load_data(config.data, device)
     model = build_model(config, data).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    position, history = Position(started=time.time()), []
-
+    position, history, window = Position(started=time.time()), [], MetricWindow()
     if resume:
-        state = load_checkpoint(run_dir)
-        changes = resuming.check_resume(from_dict(state["config"]), config, state["position"]["epoch"])
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{run_dir}: the checkpoint does not fit the model: {error}") from None
-        resuming.apply_to_optimizer(optimizer, config)
-        set_rng_state(state["rng"])
+        state = resuming.restore(run_dir, config, model, optimizer)
         position, history = Position(**state["position"]), state["history"]
-        resuming.record_resume(run_dir, config, changes, position.step)
+        if position.batch > 0:  # resumed mid-epoch: the sums of its finished batches
+            window.restore(state.get("epoch_sums"), device)
     else:
-        _check_fresh(run_dir)
+        check_fresh(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
@@ -124,288 +131,193 @@ def train(
     if not resume:
         write_hparams(writer, hparams or flatten(to_dict(config)), METRIC_TAGS)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
-    loop = _Loop(config, run_dir, data, model, optimizer, writer, position, history)
-    if resume:
-        loop.restore_epoch_sums(state.get("epoch_sums"))
+    run = _Run(config, run_dir, data, model, optimizer, writer, position, history, window)
     try:
         with graceful_stop():
-            return loop.run(on_epoch)
+            return _run_epochs(run, on_epoch)
     finally:
         writer.close()
 
 
-def kl_weight(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """beta of KL warm-up at a decoder step: linear from 0 to 1 over `kl_warmup_epochs`."""
-    if train.kl_warmup_epochs == 0:
-        return 1.0
-    return min(1.0, step / (train.kl_warmup_epochs * steps_per_epoch))
+def train_step(
+    model: LatentVariableModel,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    idx: Tensor,
+    beta: float,
+    num_samples: int,
+) -> dict[str, Tensor]:
+    """One decoder step on a minibatch; returns the per-example terms to log, each (B,)."""
+    stats = model.posterior.update(model.decoder, x, idx, beta)
+    loc, log_scale = model.posterior(x, idx)
+    terms = elbo(model.decoder, x, loc, log_scale, num_samples)
+    loss = -(terms["recon"] - beta * terms["kl"]).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {**terms, **stats}
 
 
-def learning_rate(train: TrainConfig, step: int, total_steps: int) -> float:
-    """The decoder's (and encoder's) learning rate at a step: constant, or cosine to lr_min."""
-    if train.lr_schedule == LRSchedule.constant:
-        return train.lr
-    progress = min(1.0, step / max(total_steps, 1))
-    return train.lr_min + 0.5 * (train.lr - train.lr_min) * (1.0 + math.cos(math.pi * progress))
-
-
-def _check_fresh(run_dir: Path) -> None:
-    """A new run needs a folder without a run in it: not even the leftovers of a failed start."""
-    if (run_dir / FILENAME).exists() or (run_dir / PREVIOUS).exists():
-        raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another one")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise FileExistsError(
-            f"{run_dir} holds files but no checkpoint (left by a run stopped before its first one): "
-            "delete the folder or pick another"
+def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
+    steps_per_epoch = num_batches(run.data.num_train, run.config.train.batch_size)
+    bar = progress_bar(
+        total=run.config.train.epochs * steps_per_epoch,
+        initial=run.position.epoch * steps_per_epoch + run.position.batch,
+        desc=run.run_dir.name,
+        enabled=run.config.progress,
+        dynamic_ncols=True,
+    )
+    metrics = _summary(run) if run.history else {}
+    try:
+        while run.position.epoch < run.config.train.epochs:
+            epoch_started = time.perf_counter()
+            _train_epoch(run, bar, steps_per_epoch)
+            metrics = _end_epoch(run, epoch_started)
+            if on_epoch is not None:
+                on_epoch(run.position.epoch, metrics)
+    except KeyboardInterrupt as stop:
+        _flush(run)  # never save parameters that a non-finite step has touched
+        _save(run)
+        bar.write(
+            f"interrupted by {signal_of(stop).name}: checkpoint saved at step {run.position.step} "
+            f"in {run.run_dir}; continue with `vi-lab train --resume {run.run_dir}`"
         )
+        raise
+    finally:
+        bar.close()
+    return metrics
 
 
-class _Loop:
-    """The epochs of one run, with its logging and checkpoints."""
-
-    def __init__(
-        self,
-        config: Config,
-        run_dir: Path,
-        data: Data,
-        model: LatentVariableModel,
-        optimizer: torch.optim.Optimizer,
-        writer: SummaryWriter,
-        position: Position,
-        history: list[dict[str, Any]],
-    ) -> None:
-        self.config, self.run_dir, self.data, self.model = config, run_dir, data, model
-        self.optimizer, self.writer, self.position, self.history = optimizer, writer, position, history
-        self.window: list[Tensor] = []  # per-step sums of the logged terms since the last flush
-        self.window_count = 0
-        self.names: list[str] = []
-        self.epoch_sums: Tensor | None = None
-        self.epoch_count = 0
-        self.steps_per_epoch = num_batches(data.num_train, config.train.batch_size)
-        generator = torch.Generator().manual_seed(config.seed)
-        self.prior_z = torch.randn(config.train.num_images, config.model.latent_dim, generator=generator)
-
-    def scalar(self, tag: str, value: float) -> None:
-        """One scalar at the current step, stamped with the training clock (see module doc)."""
-        position = self.position
-        self.writer.add_scalar(tag, value, position.step, walltime=position.started + position.step_seconds)
-
-    def run(self, on_epoch: EpochCallback | None) -> dict[str, Any]:
-        train = self.config.train
-        bar = progress_bar(
-            total=train.epochs * self.steps_per_epoch,
-            initial=self.position.epoch * self.steps_per_epoch + self.position.batch,
-            desc=self.run_dir.name,
-            enabled=self.config.progress,
-            dynamic_ncols=True,
+def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int) -> None:
+    config, position, train = run.config, run.position, run.config.train
+    generator = epoch_generator(config.seed, position.epoch, run.data.x["train"].device)
+    x_epoch = run.data.epoch_train(generator)
+    if position.batch == 0:  # else resumed mid-epoch, with the sums so far from the checkpoint
+        run.window.start_epoch()
+    seconds_before, started = position.step_seconds, time.perf_counter()
+    for x, idx in batches(x_epoch, train.batch_size, generator, start=position.batch):
+        beta = kl_weight(train, position.step, steps_per_epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(train, position.step, train.epochs * steps_per_epoch)
+        values = train_step(run.model, run.optimizer, x, idx, beta, config.inference.num_samples)
+        run.window.add(values, x.shape[0])
+        position.batch, position.step, position.examples = (
+            position.batch + 1,
+            position.step + 1,
+            position.examples + x.shape[0],
         )
-        metrics = self._summary() if self.history else {}
-        try:
-            while self.position.epoch < train.epochs:
-                epoch_started = time.perf_counter()
-                train_metrics = self._train_epoch(bar)
-                metrics = self._end_epoch(train_metrics, epoch_started)
-                if on_epoch is not None:
-                    on_epoch(self.position.epoch, metrics)
-        except KeyboardInterrupt as stop:
-            self._flush_window()  # never save parameters that a non-finite step has touched
-            self._save()
-            bar.write(
-                f"interrupted by {signal_of(stop).name}: checkpoint saved at step {self.position.step} "
-                f"in {self.run_dir}; continue with `vi-lab train --resume {self.run_dir}`"
-            )
-            raise
-        finally:
-            bar.close()
-        return metrics
+        bar.update(1)
+        if position.step % train.log_every == 0:
+            means = _flush(run)
+            position.step_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            for name, value in {**means, "beta": beta, "lr": run.optimizer.param_groups[0]["lr"]}.items():
+                run.scalar(f"train/{name}", value)
+            bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
+    _flush(run)
+    position.step_seconds += time.perf_counter() - started
+    if run.window.epoch_count:
+        epoch_seconds = max(position.step_seconds - seconds_before, 1e-9)
+        run.scalar("charts/examples_per_second", run.window.epoch_count / epoch_seconds)
 
-    def _train_epoch(self, bar: tqdm) -> dict[str, float]:
-        config, model, position = self.config, self.model, self.position
-        total_steps = config.train.epochs * self.steps_per_epoch
-        generator = epoch_generator(config.seed, position.epoch, self.data.x["train"].device)
-        x_epoch = self.data.epoch_train(generator)
-        if position.batch == 0:  # else resumed mid-epoch, with the sums so far from the checkpoint
-            self.epoch_sums, self.epoch_count = None, 0
-        seconds_before, started = position.step_seconds, time.perf_counter()
-        for x, idx in batches(x_epoch, config.train.batch_size, generator, start=position.batch):
-            beta = kl_weight(config.train, position.step, self.steps_per_epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(config.train, position.step, total_steps)
-            stats = model.posterior.update(model.decoder, x, idx, beta)
-            loc, log_scale = model.posterior(x, idx)
-            terms = elbo(model.decoder, x, loc, log_scale, config.inference.num_samples)
-            loss = -(terms["recon"] - beta * terms["kl"]).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
 
-            values = {**terms, **stats}
-            self.names = list(values)
-            self.window.append(torch.stack([v.detach() for v in values.values()]).sum(1))  # (T,)
-            self.window_count += x.shape[0]
-            position.batch += 1
-            position.step += 1
-            position.examples += x.shape[0]
-            bar.update(1)
-            if position.step % config.train.log_every == 0:
-                means = self._flush_window()
-                position.step_seconds += time.perf_counter() - started
-                started = time.perf_counter()
-                for name, value in means.items():
-                    self.scalar(f"train/{name}", value)
-                self.scalar("train/beta", beta)
-                self.scalar("train/lr", self.optimizer.param_groups[0]["lr"])
-                bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
-        self._flush_window()
-        position.step_seconds += time.perf_counter() - started
-        if self.epoch_count == 0:
-            return {}
-        epoch_seconds = position.step_seconds - seconds_before
-        self.scalar("charts/examples_per_second", self.epoch_count / max(epoch_seconds, 1e-9))
-        return dict(zip(self.names, (self.epoch_sums / self.epoch_count).tolist(), strict=True))
-
-    def _flush_window(self) -> dict[str, float]:
-        """Check and reduce the steps since the last flush; returns per-example means.
-
-        Each step only stacks its sums: the finiteness check and the reductions (and the
-        device synchronization they cost) happen here, once per `train.log_every` steps.
-        """
-        if not self.window:
-            return {}
-        rows = torch.stack(self.window)  # (W, T)
-        finite = torch.isfinite(rows).all(1)  # (W,)
-        if not bool(finite.all()):
-            step = self.position.step - len(self.window) + int((~finite).nonzero()[0]) + 1  # as logged
-            kept = (
-                f"the last good checkpoint in {self.run_dir} is kept"
-                if (self.run_dir / FILENAME).exists()
-                else "no checkpoint had been written yet"
-            )
-            raise NonFiniteLossError(
-                f"the training loss became non-finite at step {step} (epoch {self.position.epoch + 1}); "
-                f"{kept}. Try a smaller train.lr or inference.inner.lr."
-            )
-        sums = rows.sum(0)  # (T,)
-        self.epoch_sums = sums if self.epoch_sums is None else self.epoch_sums + sums
-        self.epoch_count += self.window_count
-        means = dict(zip(self.names, (sums / self.window_count).tolist(), strict=True))
-        self.window, self.window_count = [], 0
-        return means
-
-    def _end_epoch(self, train_metrics: dict[str, float], epoch_started: float) -> dict[str, Any]:
-        config, model, position = self.config, self.model, self.position
-        epoch = position.epoch + 1
-        epoch_metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "step": position.step,
-            "train_seconds": position.step_seconds,
-        }
-        epoch_metrics.update({f"train_{name}": value for name, value in train_metrics.items()})
-        model.eval()
-        # Measurements draw their own random numbers: the training stream is left as it was.
-        with torch.random.fork_rng():
-            torch.manual_seed(config.seed + epoch)
-            if epoch % config.train.valid_every == 0 or epoch == config.train.epochs:
-                epoch_metrics.update(self._validate())
-            if config.train.gaps_every and epoch % config.train.gaps_every == 0:
-                epoch_metrics.update(self._row_gap())
-        model.train()
-
-        with signals_deferred():  # the epoch is done in full or not at all, on disk as in memory
-            position.epoch += 1
-            position.batch = 0
-            position.seconds += time.perf_counter() - epoch_started
-            self.scalar("charts/seconds", position.seconds)
-            self.history.append(epoch_metrics)
-            metrics = self._summary()
-            self._save()  # before metrics.json, which must never be ahead of the checkpoint
-            write_json(metrics, self.run_dir / "metrics.json")
-        return metrics
-
-    def _validate(self) -> dict[str, float]:
-        """The comparable measure on the fixed validation subset, logged as valid/...;
-        also reconstructions, prior samples and the refined q's log-scales."""
-        train = self.config.train
-        x = self.data.x["valid"][: train.valid_num_points]
-        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if finite:  # (refining q under a NaN decoder would only burn eval.refine.max_steps)
-            report = measure_gaps(self.model, x, self.config.eval, num_samples=train.valid_num_samples)
-            summary = report.summary()
-            summary["elbo_encoder"] = summary["elbo_amortized"]
-            values = {key: summary[key] for key in VALID_KEYS if summary[key] is not None}
-        if not finite or not all(math.isfinite(value) for value in values.values()):
-            raise NonFiniteLossError(
-                f"the validation ELBO became non-finite after epoch {self.position.epoch + 1} "
-                f"(step {self.position.step}); the last good checkpoint in {self.run_dir} is kept. "
-                "Try a smaller train.lr."
-            )
-        for key, value in values.items():
-            self.scalar(f"valid/{key}", value)
-        step = self.position.step
-        self.writer.add_histogram("posterior/log_scale", report.log_scale.flatten(), step)
-        if self.data.image_shape is not None:
-            self._log_images(x, report.loc)
-        metrics = {f"valid_{key}": value for key, value in values.items()}
-        metrics.update({f"valid_{key}_se": summary[f"{key}_se"] for key in ("elbo_refined", "log_px")})
-        return metrics
-
-    @torch.no_grad()
-    def _log_images(self, x: Tensor, loc: Tensor) -> None:
-        decoder, shape, step = self.model.decoder, self.data.image_shape, self.position.step
-        num = min(self.config.train.num_images // 2, x.shape[0])
-        pairs = torch.stack([x[:num], decoder.mean(loc[:num])], dim=1).flatten(0, 1)  # (2 num, P)
-        self.writer.add_image("images/reconstructions", image_grid(pairs, shape), step)
-        samples = decoder.mean(self.prior_z.to(x.device))
-        self.writer.add_image("images/prior_samples", image_grid(samples, shape), step)
-
-    def _row_gap(self) -> dict[str, float]:
-        """How far the posterior's q of training points is from their own optimum L[q*_i]."""
-        num = min(self.config.train.gaps_num_points, self.data.num_train)
-        x = self.data.x["train"][:num]
-        gap = measure_row_gap(self.model, x, torch.arange(num, device=x.device), self.config.eval)
-        mean, se = gap.mean().item(), standard_error(gap.cpu().numpy())
-        self.scalar("train/row_gap", mean)
-        return {"row_gap": mean, "row_gap_se": se}
-
-    def _summary(self) -> dict[str, Any]:
-        """The last epoch's values, each measure from the latest epoch that has it."""
-        position = self.position
-        latest: dict[str, Any] = {}
-        for entry in self.history:
-            latest.update(entry)
-        return {
-            **{k: v for k, v in latest.items() if k.startswith(("train_", "valid_", "row_gap"))},
-            "kind": self.config.inference.kind.value,
-            "epochs": position.epoch,
-            "steps": position.step,
-            "seconds": position.seconds,
-            "train_seconds": position.step_seconds,
-            "examples_per_second": position.examples / max(position.step_seconds, 1e-9),
-            "history": self.history,
-        }
-
-    def _save(self) -> None:
-        save_checkpoint(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(),
-                "position": asdict(self.position),
-                "history": self.history,
-                "config": to_dict(self.config),
-                "epoch_sums": self._epoch_sums_state(),
-            },
-            self.run_dir / FILENAME,
+def _flush(run: _Run) -> dict[str, float]:
+    try:
+        return run.window.flush()
+    except NonFiniteStep as fault:
+        kept = (
+            f"the last good checkpoint in {run.run_dir} is kept"
+            if (run.run_dir / FILENAME).exists()
+            else "no checkpoint had been written yet"
         )
+        raise NonFiniteLossError(
+            f"the training loss became non-finite at step {run.position.step - fault.steps_ago} "  # as logged
+            f"(epoch {run.position.epoch + 1}); {kept}. Try a smaller train.lr or inference.inner.lr."
+        ) from None
 
-    def _epoch_sums_state(self) -> dict[str, Any] | None:
-        """The finished batches of the epoch in progress: so a resume reports the whole epoch."""
-        if self.epoch_sums is None:
-            return None
-        return {"names": self.names, "sums": self.epoch_sums.cpu(), "count": self.epoch_count}
 
-    def restore_epoch_sums(self, state: dict[str, Any] | None) -> None:
-        if state is not None and self.position.batch > 0:
-            device = self.data.x["train"].device
-            self.names, self.epoch_count = state["names"], state["count"]
-            self.epoch_sums = state["sums"].to(device)
+def _end_epoch(run: _Run, epoch_started: float) -> dict[str, Any]:
+    config, position = run.config, run.position
+    epoch = position.epoch + 1
+    entry: dict[str, Any] = {"epoch": epoch, "step": position.step, "train_seconds": position.step_seconds}
+    entry.update({f"train_{name}": value for name, value in run.window.epoch_means().items()})
+    run.model.eval()
+    with torch.random.fork_rng():  # measurements draw their own numbers: training's stream is untouched
+        torch.manual_seed(config.seed + epoch)
+        if epoch % config.train.valid_every == 0 or epoch == config.train.epochs:
+            entry.update(_validate(run))
+        if config.train.gaps_every and epoch % config.train.gaps_every == 0:
+            entry.update(_row_gap(run))
+    run.model.train()
+
+    with signals_deferred():  # the epoch is done in full or not at all, on disk as in memory
+        position.epoch, position.batch = epoch, 0
+        position.seconds += time.perf_counter() - epoch_started
+        run.scalar("charts/seconds", position.seconds)
+        run.history.append(entry)
+        metrics = _summary(run)
+        _save(run)  # before metrics.json, which must never be ahead of the checkpoint
+        write_json(metrics, run.run_dir / "metrics.json")
+    return metrics
+
+
+def _validate(run: _Run) -> dict[str, float]:
+    """`valid/...` on the fixed validation subset, the refined log-scales and image grids."""
+    train = run.config.train
+    x = run.data.x["valid"][: train.valid_num_points]
+    try:
+        values, report = validate(run.model, x, run.config.eval, train.valid_num_samples)
+    except NonFiniteValidation:
+        raise NonFiniteLossError(
+            f"the validation ELBO became non-finite after epoch {run.position.epoch + 1} "
+            f"(step {run.position.step}); the last good checkpoint in {run.run_dir} is kept. "
+            "Try a smaller train.lr."
+        ) from None
+    for key in VALID_KEYS:
+        if key in values:
+            run.scalar(f"valid/{key}", values[key])
+    run.writer.add_histogram("posterior/log_scale", report.log_scale.flatten(), run.position.step)
+    if run.data.image_shape is not None:
+        images = validation_images(
+            run.model.decoder, x, report.loc, run.data.image_shape, train.num_images, run.config.seed
+        )
+        for tag, image in images.items():
+            run.writer.add_image(tag, image, run.position.step)
+    return {f"valid_{key}": value for key, value in values.items()}
+
+
+def _row_gap(run: _Run) -> dict[str, float]:
+    x = run.data.x["train"][: min(run.config.train.gaps_num_points, run.data.num_train)]
+    mean, se = row_gap(run.model, x, run.config.eval)
+    run.scalar("train/row_gap", mean)
+    return {"row_gap": mean, "row_gap_se": se}
+
+
+def _summary(run: _Run) -> dict[str, Any]:
+    """The last epoch's values, each measure from the latest epoch that has it."""
+    position, latest = run.position, {}
+    for entry in run.history:
+        latest.update(entry)
+    return {
+        **{k: v for k, v in latest.items() if k.startswith(("train_", "valid_", "row_gap"))},
+        "kind": run.config.inference.kind.value,
+        "epochs": position.epoch,
+        "steps": position.step,
+        "seconds": position.seconds,
+        "train_seconds": position.step_seconds,
+        "examples_per_second": position.examples / max(position.step_seconds, 1e-9),
+        "history": run.history,
+    }
+
+
+def _save(run: _Run) -> None:
+    state = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": rng_state(),
+        "position": asdict(run.position),
+        "history": run.history,
+        "config": to_dict(run.config),
+        "epoch_sums": run.window.state(),
+    }
+    save_checkpoint(state, run.run_dir / FILENAME)

@@ -206,15 +206,15 @@ def test_folder_with_leftovers_of_a_failed_start_is_refused(tmp_path, monkeypatc
 
 def test_ctrl_c_during_validation_resumes_with_the_whole_epoch(tmp_path, monkeypatch):
     whole = training.train(_config("train.epochs=1"), tmp_path / "whole")
-    real_validate = training._Loop._validate
+    real_validate = training._validate
 
-    def interrupted(self):
+    def interrupted(run):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training._Loop, "_validate", interrupted)
+    monkeypatch.setattr(training, "_validate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         training.train(_config("train.epochs=1"), tmp_path / "split")
-    monkeypatch.setattr(training._Loop, "_validate", real_validate)
+    monkeypatch.setattr(training, "_validate", real_validate)
     split = training.train(_config("train.epochs=1"), tmp_path / "split", resume=True)
     assert split["train_elbo"] == pytest.approx(whole["train_elbo"], abs=1e-4)
     assert split["valid_log_px"] == pytest.approx(whole["valid_log_px"], abs=1e-4)

@@ -1,12 +1,13 @@
-"""Loading a trained run back: its config, its data and its model, on a device.
+"""Run folders: naming a new one, checking it is free, and loading a trained run back.
 
 Every command that works on a finished run (evaluate, sample, anomaly, ...) starts
-here, so all of them read run folders the same way.
+at `load_run`, so all of them read run folders the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -16,6 +17,23 @@ from vi_lab.data.datasets import Data, load_data
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.runs.checkpoint import FILENAME, PREVIOUS, CheckpointError, load_checkpoint, non_finite_parameters
 from vi_lab.runtime import resolve_device
+
+
+def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
+    """A readable, sortable name: {dataset}__{kind}__s{seed}__{time}."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{config.data.name.value}__{config.inference.kind.value}__s{config.seed}__{stamp}"
+
+
+def check_fresh(run_dir: Path) -> None:
+    """A new run needs a folder without a run in it: not even the leftovers of a failed start."""
+    if (run_dir / FILENAME).exists() or (run_dir / PREVIOUS).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another one")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"{run_dir} holds files but no checkpoint (left by a run stopped before its first one): "
+            "delete the folder or pick another"
+        )
 
 
 @dataclass

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from vi_lab.config import Config, ConfigError, flatten, save_config, to_dict
+from vi_lab.config import Config, ConfigError, flatten, from_dict, save_config, to_dict
+from vi_lab.runs.checkpoint import CheckpointError, load_checkpoint
+from vi_lab.runtime import set_rng_state
 
 # keys, or prefixes ending in "." for whole sections, that a resume may change
 MAY_CHANGE = (
@@ -72,3 +74,21 @@ def record_resume(run_dir: Path, config: Config, changes: dict[str, list[Any]], 
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step, "changes": changes}
     with open(run_dir / RECORD, "a") as file:
         file.write(json.dumps(line) + "\n")
+
+
+def restore(
+    run_dir: Path, config: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Load the run's checkpoint into `model`, `optimizer` and the random streams under the
+    rules above, record the resume, and return the checkpoint (position, history, ...)."""
+    state = load_checkpoint(run_dir)
+    changes = check_resume(from_dict(state["config"]), config, state["position"]["epoch"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{run_dir}: the checkpoint does not fit the model: {error}") from None
+    apply_to_optimizer(optimizer, config)
+    set_rng_state(state["rng"])
+    record_resume(run_dir, config, changes, state["position"]["step"])
+    return state
