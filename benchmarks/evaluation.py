@@ -2,7 +2,8 @@
 
 Model: the Cremer et al. (2018) decoder (z=50, MLP 200-200, Bernoulli), untrained weights
 (the cost per step does not depend on them; the number of refinement steps does, so the
-refinement figures are those of this decoder). Each size is measured once, in order N, 2N:
+refinement figures are those of this decoder). Sizes are measured in the order N, 2N, N
+(the two N runs averaged), once each:
 - refinement (`eval.refine`, chunks of `eval.batch_size` points): seconds per point at 2N
   against N (linear: 1.0), and its time against the cost of the steps its rows took
   (every row paying only its own steps, at the per-row cost of a full chunk): how little
@@ -12,7 +13,8 @@ refinement figures are those of this decoder). Each size is measured once, in or
 - both extrapolated linearly to the 10,000 test points (labelled as such).
 Peak memory is the rise above the level before the call: on CUDA from torch's allocator
 statistics, on CPU from the resident set size sampled every millisecond from
-/proc/self/statm while the call runs.
+/proc/self/statm while the call runs (glibc set to return freed tensors to the system, so
+memory an earlier call left in the heap cannot hide a later call's peak).
 
 Run: python -m benchmarks.evaluation [--points N] [--samples K] [--budget-mb MB]
 """
@@ -20,23 +22,27 @@ Run: python -m benchmarks.evaluation [--points N] [--samples K] [--budget-mb MB]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from benchmarks.table import Row, machine, markdown
 from benchmarks.throughput import inner_step_seconds
-from vi_lab.config import load_config
+from vi_lab.config import Config, load_config
 from vi_lab.data.datasets import load_data
 from vi_lab.evaluation.iwae import iwae_log_marginal
 from vi_lab.inference.gaussian import standard_normal_params
 from vi_lab.inference.refine import Refined, refine
-from vi_lab.models.decoders import build_decoder
+from vi_lab.models.decoders import NeuralDecoder, build_decoder
 from vi_lab.runtime import memory_budget_mb, resolve_device
 
 ROOT = Path(__file__).parents[1]
@@ -86,84 +92,118 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=None, help="points refined together (default: N)")
 
 
+@dataclass
+class Cost:
+    """What refinement and then IWAE cost on one set of points."""
+
+    num_points: int
+    refine_seconds: float
+    point_steps: int  # steps taken, summed over the points
+    refine_mb: float  # peak rise
+    iwae_seconds: float
+    iwae_mb: float
+
+
+def measure(
+    decoder: NeuralDecoder, x: Tensor, config: Config, batch_size: int, samples: int, budget: float
+) -> Cost:
+    """Refine q from the prior on x, then IWAE with the refined q as proposal."""
+    device = x.device
+    start = standard_normal_params(x.shape[0], decoder.latent_dim, device)
+    refined, _, refine_mb = peak_memory_mb(
+        lambda: refine(decoder, x, *start, config.eval.refine, batch_size), device
+    )
+    assert isinstance(refined, Refined)
+    _, iwae_seconds, iwae_mb = peak_memory_mb(
+        lambda: iwae_log_marginal(
+            decoder, x, refined.loc, refined.log_scale, samples, memory_budget_mb=budget
+        ),
+        device,
+    )
+    return Cost(x.shape[0], refined.seconds, int(refined.steps.sum()), refine_mb, iwae_seconds, iwae_mb)
+
+
+def return_freed_memory() -> None:
+    """glibc: serve every allocation over 64 KB by mmap (mallopt M_MMAP_THRESHOLD, which also
+    stops the threshold from growing), so freed tensors leave the resident set and each
+    call's peak is its own, not hidden by memory an earlier call left in the heap."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # -3: M_MMAP_THRESHOLD
+
+
 def rows(args: argparse.Namespace) -> list[Row]:
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        return_freed_memory()
     config = load_config(ROOT / "configs" / "amortized.yaml")
-    sizes = (args.points, 2 * args.points)
-    x_all = load_data(config.data, device).x["test"][: sizes[-1]]
+    n1, n2 = args.points, 2 * args.points
+    x_all = load_data(config.data, device).x["test"][:n2]
     torch.manual_seed(0)
     decoder = build_decoder(config.model, 784, (1, 28, 28)).to(device).requires_grad_(False)
     budget = memory_budget_mb(device) if args.budget_mb is None else args.budget_mb
     batch_size = args.batch_size or args.points
-    refine_config = config.eval.refine
-    latent = config.model.latent_dim
 
-    warm = x_all[:10]  # first-call costs (allocator, kernels) paid by neither size
-    iwae_log_marginal(decoder, warm, *standard_normal_params(10, latent, device), 10, memory_budget_mb=budget)
-    refine_seconds, refine_steps, refine_mb, iwae_seconds, iwae_mb = [], [], [], [], []
-    for num in sizes:
-        x = x_all[:num]
-        start = standard_normal_params(num, latent, device)
-        refined, _, mb = peak_memory_mb(
-            lambda x=x, s=start: refine(decoder, x, *s, refine_config, batch_size), device
-        )
-        assert isinstance(refined, Refined)
-        refine_seconds.append(refined.seconds)
-        refine_steps.append(refined.steps.sum().item())
-        refine_mb.append(mb)
-        _, seconds, mb = peak_memory_mb(
-            lambda x=x, r=refined: iwae_log_marginal(
-                decoder, x, r.loc, r.log_scale, args.samples, memory_budget_mb=budget
-            ),
-            device,
-        )
-        iwae_seconds.append(seconds)
-        iwae_mb.append(mb)
+    # N, 2N, N: the two N runs bracket the 2N one in time (drift, first-call costs).
+    first, big, last = (
+        measure(decoder, x_all[:n], config, batch_size, args.samples, budget) for n in (n1, n2, n1)
+    )
+    small = Cost(
+        n1,
+        (first.refine_seconds + last.refine_seconds) / 2,
+        (first.point_steps + last.point_steps) // 2,
+        max(first.refine_mb, last.refine_mb),
+        (first.iwae_seconds + last.iwae_seconds) / 2,
+        max(first.iwae_mb, last.iwae_mb),
+    )
     # What the rows' own steps cost at the per-row price of a full chunk (a fixed-length fit).
     row_step = (
         statistics.median(
-            inner_step_seconds(decoder, x_all[:batch_size], refine_config.num_samples, 10) for _ in range(3)
+            inner_step_seconds(decoder, x_all[:batch_size], config.eval.refine.num_samples, 10)
+            for _ in range(3)
         )
         / batch_size
     )
-    point_steps = refine_steps[1]
-    refine_pp = [s / n for s, n in zip(refine_seconds, sizes, strict=True)]
-    iwae_pp = [s / n for s, n in zip(iwae_seconds, sizes, strict=True)]
-    refine_ps = [s / k * 1e3 for s, k in zip(refine_seconds, refine_steps, strict=True)]  # ms/point-step
-    n1, n2 = sizes
+
+    def refinement(cost: Cost) -> str:
+        return (
+            f"{cost.refine_seconds / cost.point_steps * 1e3:.3f} ms "
+            f"({cost.refine_seconds / cost.num_points:.3f} s/point), peak +{cost.refine_mb:.0f} MB"
+        )
+
+    per_point = (big.refine_seconds + big.iwae_seconds) / n2
     return [
         Row(
             f"refinement, ms/point-step at {n2} vs {n1} points (chunks of {batch_size})",
-            f"{refine_ps[1]:.3f} ms ({refine_pp[1]:.3f} s/point), peak +{refine_mb[1]:.0f} MB",
-            f"{refine_ps[0]:.3f} ms ({refine_pp[0]:.3f} s/point), peak +{refine_mb[0]:.0f} MB",
-            refine_ps[1] / refine_ps[0],
+            refinement(big),
+            refinement(small),
+            (big.refine_seconds / big.point_steps) / (small.refine_seconds / small.point_steps),
             goal="≈ 1 (linear)",
         ),
         Row(
             f"refinement vs its rows' own steps ({n2} points)",
-            f"{refine_seconds[1]:.1f} s",
-            f"{point_steps:.0f} point-steps x {row_step * 1e3:.3f} ms = {point_steps * row_step:.1f} s",
-            refine_seconds[1] / (point_steps * row_step),
+            f"{big.refine_seconds:.1f} s",
+            f"{big.point_steps} point-steps x {row_step * 1e3:.3f} ms = {big.point_steps * row_step:.1f} s",
+            big.refine_seconds / (big.point_steps * row_step),
             goal="<= 1.3",
         ),
         Row(
             f"IWAE K={args.samples}, s/point at {n2} vs {n1} points",
-            f"{iwae_pp[1]:.3f} s/point",
-            f"{iwae_pp[0]:.3f} s/point",
-            iwae_pp[1] / iwae_pp[0],
+            f"{big.iwae_seconds / n2:.3f} s/point, peak +{big.iwae_mb:.0f} MB",
+            f"{small.iwae_seconds / n1:.3f} s/point, peak +{small.iwae_mb:.0f} MB",
+            (big.iwae_seconds / n2) / (small.iwae_seconds / n1),
             goal="≈ 1 (linear)",
         ),
         Row(
             f"IWAE K={args.samples} peak memory vs budget ({n2} points)",
-            f"+{iwae_mb[1]:.0f} MB",
+            f"+{big.iwae_mb:.0f} MB",
             f"budget {budget:.0f} MB",
-            iwae_mb[1] / budget,
+            big.iwae_mb / budget,
             goal="<= 1",
         ),
         Row(
             f"refinement + IWAE K={args.samples} on {TEST_POINTS} points, EXTRAPOLATED from {n2}",
-            f"{(refine_pp[1] + iwae_pp[1]) * TEST_POINTS / 60:.0f} min "
-            f"({refine_pp[1] * TEST_POINTS / 60:.0f} + {iwae_pp[1] * TEST_POINTS / 60:.0f})",
+            f"{per_point * TEST_POINTS / 60:.0f} min ({big.refine_seconds / n2 * TEST_POINTS / 60:.0f} "
+            f"+ {big.iwae_seconds / n2 * TEST_POINTS / 60:.0f})",
             "–",
             None,
         ),

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vi_lab.config import Config, flatten, save_config, to_dict
+from vi_lab.config import Config, Precision, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.evaluation.validation import VALID_KEYS, NonFiniteValidation, row_gap, validate, validation_images
 from vi_lab.inference.objectives import elbo
@@ -47,7 +47,7 @@ from vi_lab.runs.folder import check_fresh
 from vi_lab.runs.schedule import kl_weight, learning_rate
 from vi_lab.runs.stopping import graceful_stop, signal_of, signals_deferred
 from vi_lab.runs.window import MetricWindow, NonFiniteStep
-from vi_lab.runtime import resolve_device, rng_state, seed_everything
+from vi_lab.runtime import autocast, check_precision, resolve_device, rng_state, seed_everything
 
 __all__ = ["NonFiniteLossError", "kl_weight", "learning_rate", "train", "train_step"]
 
@@ -111,10 +111,12 @@ def train(
     """
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
+    check_precision(config.runtime.precision, device)
     seed_everything(config.seed)
     data = load_data(config.data, device)
     model = build_model(config, data).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    # fused: one kernel for all parameters, the same arithmetic (docs/performance.md measures it)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
     position, history, window = Position(started=time.time()), [], MetricWindow()
     if resume:
         state = resuming.restore(run_dir, config, model, optimizer)
@@ -146,12 +148,18 @@ def train_step(
     idx: Tensor,
     beta: float,
     num_samples: int,
+    precision: Precision = Precision.float32,
 ) -> dict[str, Tensor]:
-    """One decoder step on a minibatch; returns the per-example terms to log, each (B,)."""
-    stats = model.posterior.update(model.decoder, x, idx, beta)
-    loc, log_scale = model.posterior(x, idx)
-    terms = elbo(model.decoder, x, loc, log_scale, num_samples)
-    loss = -(terms["recon"] - beta * terms["kl"]).mean()
+    """One decoder step on a minibatch; returns the per-example terms to log, each (B,).
+
+    With `precision` bf16 its forward passes (the inner loop's included) run under bf16
+    autocast (CUDA only: `runtime.check_precision`); parameters and Adam stay float32.
+    """
+    with autocast(precision, x.device):
+        stats = model.posterior.update(model.decoder, x, idx, beta)
+        loc, log_scale = model.posterior(x, idx)
+        terms = elbo(model.decoder, x, loc, log_scale, num_samples)
+        loss = -(terms["recon"] - beta * terms["kl"]).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -199,7 +207,9 @@ def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int) -> None:
         beta = kl_weight(train, position.step, steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(train, position.step, train.epochs * steps_per_epoch)
-        values = train_step(run.model, run.optimizer, x, idx, beta, config.inference.num_samples)
+        values = train_step(
+            run.model, run.optimizer, x, idx, beta, config.inference.num_samples, config.runtime.precision
+        )
         run.window.add(values, x.shape[0])
         position.batch, position.step, position.examples = (
             position.batch + 1,

@@ -134,7 +134,7 @@ def ascent_step(
 
     Returns (ELBO estimate (N,), params, exp_avg, exp_avg_sq, step) after the step. A row
     with `active` 0 has weight 0 in every update, so nothing of it moves. Pure tensor code
-    with the noise given: the function that `runtime.compiled` compiles.
+    with the noise given: the function that `runtime.compiled_function` compiles.
     """
     estimate, grad_loc, grad_log_scale = elbo_and_gradient_at(
         decoder, x, params[:, 0], params[:, 1], eps, beta
@@ -166,7 +166,7 @@ def fit_local(
     than by indexing, so every step is the same few fused tensor operations whatever the
     mix of rows; once most rows of the working set have stopped (at a check), the working
     set is compacted to the rows still going, so that stopped rows cost no decoder passes.
-    `compiled` runs each step through `runtime.compiled(ascent_step)` (torch.compile; CUDA
+    `compiled` runs each step through `runtime.compiled_function` (torch.compile; CUDA
     graphs on a GPU): the same numbers up to floating-point rounding.
     """
     num_rows = x.shape[0]
