@@ -8,8 +8,10 @@ import torch
 
 from vi_lab.cli import main
 from vi_lab.config import ConfigError, Likelihood, LocalFitConfig, Precision, load_config
+from vi_lab.data.datasets import load_data
 from vi_lab.inference.local_fit import RowState, fit_local
 from vi_lab.models.decoders import NeuralDecoder
+from vi_lab.models.model import build_model
 from vi_lab.models.nets import mlp
 from vi_lab.runtime import check_precision
 
@@ -53,9 +55,6 @@ def test_compiled_inner_loop_gives_the_eager_numbers(monkeypatch):
 
 def test_runtime_compile_reaches_the_inner_loop():
     config = load_config("configs/linear_gaussian.yaml", ["inference.kind=local", "runtime.compile=true"])
-    from vi_lab.data.datasets import load_data
-    from vi_lab.models.model import build_model
-
     model = build_model(config, load_data(config.data, torch.device("cpu")))
     assert model.posterior.compiled
 

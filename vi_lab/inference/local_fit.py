@@ -165,7 +165,8 @@ def fit_local(
     reported bound). Rows are masked arithmetically (weight 0 for stopped rows) rather
     than by indexing, so every step is the same few fused tensor operations whatever the
     mix of rows; once most rows of the working set have stopped (at a check), the working
-    set is compacted to the rows still going, so that stopped rows cost no decoder passes.
+    set is compacted to the rows still going, so that stopped rows cost no decoder passes
+    (the decoder scores each row of x on its own, as `refine`'s chunks of points need too).
     `compiled` runs each step through `runtime.compiled_function` (torch.compile; CUDA
     graphs on a GPU): the same numbers up to floating-point rounding.
     """
