@@ -25,13 +25,15 @@ data: install
 	fi
 
 # A short comparison on Fashion-MNIST: train both modes on the same data for the same number
-# of decoder steps, measure their gaps, print the table (with the equal-budget rows).
+# of decoder steps, measure their gaps, print the table (with the equal-budget rows), draw the
+# budget curves and write the folder's HParams experiment (`tensorboard --logdir $(DEMO_DIR)`).
 demo: data
 	vi-lab train configs/amortized.yaml $(DEMO_TRAIN) --run-dir $(DEMO_DIR)/amortized
 	vi-lab train configs/local.yaml $(DEMO_TRAIN) --run-dir $(DEMO_DIR)/local
 	vi-lab evaluate $(DEMO_DIR)/amortized $(DEMO_EVAL)
 	vi-lab evaluate $(DEMO_DIR)/local $(DEMO_EVAL)
-	vi-lab compare $(DEMO_DIR)/amortized $(DEMO_DIR)/local
+	vi-lab compare $(DEMO_DIR)/amortized $(DEMO_DIR)/local --figure $(DEMO_DIR)/budget.png
+	vi-lab board $(DEMO_DIR)
 
 # PostgreSQL server binaries for the study tests (a throwaway server on a temporary folder):
 # Debian's package where we may install it; the tests say why they skip where it is missing.

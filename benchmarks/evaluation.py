@@ -37,13 +37,14 @@ from torch import Tensor
 
 from benchmarks.table import Row, machine, markdown
 from benchmarks.throughput import inner_step_seconds
+from vi_lab.chunking import memory_budget_mb
 from vi_lab.config import Config, load_config
 from vi_lab.data.datasets import load_data
 from vi_lab.evaluation.iwae import iwae_log_marginal
 from vi_lab.inference.gaussian import standard_normal_params
 from vi_lab.inference.refine import Refined, refine
 from vi_lab.models.decoders import NeuralDecoder, build_decoder
-from vi_lab.runtime import memory_budget_mb, resolve_device
+from vi_lab.runtime import resolve_device
 
 ROOT = Path(__file__).parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+import vi_lab as vi_lab_package
+from vi_lab.cli import USES, main
+from vi_lab.config import TrainConfig, load_config, save_config
 
 ROOT = Path(__file__).parents[1]
 
@@ -90,3 +95,59 @@ def test_late_settings_are_checked_before_work(tmp_path):
         done = vi_lab("evaluate", str(run_dir), "estimator=ais", setting)
         assert done.returncode == 2 and key in done.stderr and "Traceback" not in done.stderr
     assert not (run_dir / "eval").exists()
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: about 5 s on a busy 2-core machine
+def test_version_through_python_dash_m():
+    done = subprocess.run(
+        [sys.executable, "-m", "vi_lab", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"vi-lab {vi_lab_package.__version__}"
+
+
+def _help(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--help"])
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "compare", "board", "study", *USES])
+def test_every_command_help_has_a_paragraph_an_example_and_its_settings(capsys, command):
+    text = _help(capsys, command)
+    usage, description, *_ = text.split("\n\n")
+    assert usage.startswith(f"usage: vi-lab {command}")
+    assert len(description.split()) >= 15  # a paragraph, not a label
+    assert f"example:\n  vi-lab {command} " in text
+    if "key=value" in usage:
+        assert "--show-config" in text  # how to list the settings
+    else:
+        assert "no key=value settings" in " ".join(description.split())
+
+
+def test_show_config_prints_resolved_settings_without_running(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert (
+        main(["train", "--show-config", "configs/smoke.yaml", "train.epochs=7", "--run-dir", str(run_dir)])
+        == 0
+    )
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["train"]["epochs"] == 7 and shown["model"]["latent_dim"] == 8  # override, then the file
+    assert shown["train"]["lr"] == TrainConfig().lr  # then the defaults
+    assert not run_dir.exists()  # nothing ran
+
+    run_dir.mkdir()
+    save_config(load_config("configs/smoke.yaml"), run_dir / "config.yaml")
+    assert main(["evaluate", str(run_dir), "num_points=7", "--show-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["num_points"] == 7 and shown["num_samples"] == 200  # the run's eval section, overridden
+    assert not (run_dir / "eval").exists()
+
+    assert main(["gradvar", str(run_dir), "repeats=9", "--show-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["repeats"] == 9
+    assert main(["study", "configs/study/smoke.yaml", "n_trials=5", "--show-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["n_trials"] == 5
+
+    assert main(["train", "--show-config", "configs/smoke.yaml", "train.epochz=7"]) == 2
+    assert "train.epochz" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from vi_lab import train as training
 from vi_lab.config import load_config
@@ -147,9 +148,23 @@ def test_ctrl_c_saves_a_checkpoint_mid_epoch(tmp_path, monkeypatch):
         training.train(_config(), tmp_path / "run")
     position = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["position"]
     assert position == {**position, "epoch": 0, "batch": 3, "step": 3}
+    assert _session_status(tmp_path / "run") is None  # stopped, resumable: the session stays open
     monkeypatch.setattr(training, "elbo", real_elbo)
     metrics = training.train(_config(), tmp_path / "run", resume=True)
     assert metrics["steps"] == 10 and metrics["epochs"] == 2
+    assert _session_status(tmp_path / "run") == api_pb2.STATUS_SUCCESS  # ended once it ran to its end
+
+
+def _session_status(run_dir: Path) -> int | None:
+    """The HParams session status TensorBoard reads from a run folder (None: not ended)."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    content = events.PluginTagToContent("hparams").get("_hparams_/session_end_info")
+    return (
+        None
+        if content is None
+        else plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status
+    )
 
 
 def test_kl_warmup_and_cosine_schedule():

@@ -6,3 +6,5 @@ Subpackages, one concept each, from the ground up: `data` (the observed x), `inf
 `uses` (what a trained run is for), `study` (Optuna searches) and `cli.py`. Each imports
 only from the ones before it.
 """
+
+__version__ = "0.1.0"

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import warnings
+from importlib import import_module
 from pathlib import Path
 
-from vi_lab.config import ConfigError, from_dict, load_config, override
+from vi_lab import __version__
+from vi_lab.config import ConfigError, config_yaml, from_dict, load_config, override
 from vi_lab.data.fashion_mnist import DataFileError
 from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
+from vi_lab.experiment import write_experiment_summary
 from vi_lab.runs.checkpoint import load_checkpoint
 from vi_lab.runs.folder import default_run_dir
 from vi_lab.runs.stopping import exit_code, signal_of
@@ -32,6 +36,9 @@ def _train(args: argparse.Namespace) -> None:
             raise ConfigError("give a config file, e.g. `vi-lab train configs/smoke.yaml`")
         config = load_config(args.items[0], args.items[1:])
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
+    if args.show_config:
+        print(config_yaml(config), end="")
+        return
     metrics = train(config, run_dir, resume=bool(args.resume))
     print(
         f"{run_dir}: train ELBO {metrics['train_elbo']:.2f}; "
@@ -42,13 +49,28 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    if args.show_config:
+        config_file = Path(args.run_dir) / "config.yaml"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} does not exist: is {args.run_dir} a run folder?")
+        print(config_yaml(override(load_config(config_file).eval, args.overrides)), end="")
+        return
     summary = evaluate_run(args.run_dir, args.overrides)
     print(format_table([summary], [Path(args.run_dir).name]))
-    print(f"\nwritten: {Path(args.run_dir) / 'eval' / 'gaps.json'}")
+    print(f"\nwritten: {Path(args.run_dir) / 'eval' / 'gaps.json'}, points.npz and figures (*.png)")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    print(compare_runs(args.run_dirs))
+    print(compare_runs(args.run_dirs, args.figure))
+    if args.figure:
+        print(f"\nwritten: {args.figure}")
+
+
+def _board(args: argparse.Namespace) -> None:
+    root = Path(args.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    print(f"written: {write_experiment_summary(root)} (`tensorboard --logdir {root}`, HParams tab)")
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -61,6 +83,9 @@ def _study(args: argparse.Namespace) -> None:
     )
 
     config = load_study_config(args.config, args.overrides)
+    if args.show_config:
+        print(config_yaml(config), end="")
+        return
     try:
         if not args.summary:
             run_study(config, workers=args.workers, storage=args.storage)
@@ -76,7 +101,6 @@ def _study(args: argparse.Namespace) -> None:
 
 # The uses of a trained run: gradvar, sample, anomaly, impute, embed. Each handler
 # imports its module itself, so that `vi-lab train` does not load them.
-_SETTINGS_HELP = "settings (e.g. {})"
 
 
 def _gradvar(args: argparse.Namespace) -> None:
@@ -97,6 +121,8 @@ def _sample(args: argparse.Namespace) -> None:
 def _anomaly(args: argparse.Namespace) -> None:
     from vi_lab.uses.anomaly import anomaly_run, format_anomaly
 
+    if not args.ood:
+        raise ValueError("--ood must be given at least once, e.g. --ood noise")
     print(format_anomaly(anomaly_run(args.run_dir, args.ood, args.overrides)))
     print(f"\nwritten: {Path(args.run_dir) / 'uses' / 'anomaly.json'}")
 
@@ -104,6 +130,8 @@ def _anomaly(args: argparse.Namespace) -> None:
 def _impute(args: argparse.Namespace) -> None:
     from vi_lab.uses.impute import format_impute, impute_run
 
+    if args.mask is None:
+        raise ValueError("--mask must be given, e.g. --mask top")
     summary = impute_run(args.run_dir, args.mask, args.overrides)
     print(format_impute(summary))
     print(f"\nwritten: {Path(args.run_dir) / 'uses' / 'impute.json'} {summary.get('png', '')}")
@@ -119,49 +147,187 @@ def _embed(args: argparse.Namespace) -> None:
     )
 
 
+def _command(
+    commands: argparse._SubParsersAction, name: str, summary: str, description: str, example: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help gives a paragraph, an example and how to list its settings."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {description}", 88),
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _show_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print every key=value setting, resolved with the ones given, and exit without running",
+    )
+
+
+USES = {  # name: (module, settings class, summary, description, example)
+    "gradvar": (
+        "gradvar",
+        "GradVarConfig",
+        "score-function vs reparameterization gradient variance",
+        "Measures the mean, variance and signal-to-noise ratio of both estimators of the ELBO's "
+        "gradient on one batch and one q, against the exact gradient where it is known "
+        "(RUN/uses/gradvar.json).",
+        "vi-lab gradvar runs/try num_samples=4 repeats=1000",
+    ),
+    "sample": (
+        "sample",
+        "SampleConfig",
+        "decode prior samples and latent interpolations to PNG",
+        "Decodes z ~ p(z), and straight lines in z between the posterior means of pairs of test "
+        "images, into RUN/uses/samples.png, interpolation.png and the run's TensorBoard images.",
+        "vi-lab sample runs/try --num 64 num_pairs=6",
+    ),
+    "anomaly": (
+        "anomaly",
+        "AnomalyConfig",
+        "outlier scores and their AUROC on out-of-distribution sets",
+        "Scores test points and out-of-distribution points by KL(q || p(z)), -ELBO and -log p(x) "
+        "and reports how well each score separates them (AUROC, RUN/uses/anomaly.json).",
+        "vi-lab anomaly runs/try --ood noise --ood classes:7,8,9 num_points=200",
+    ),
+    "impute": (
+        "impute",
+        "ImputeConfig",
+        "fill in missing pixels by fitting q to the observed ones",
+        "Hides pixels of test images, fits q to the observed pixels only and decodes the hidden "
+        "ones, against the mean-image baseline (RUN/uses/impute.json and impute.png).",
+        "vi-lab impute runs/try --mask top max_steps=500",
+    ),
+    "embed": (
+        "embed",
+        "EmbedConfig",
+        "posterior means of test points in TensorBoard's projector",
+        "Writes the posterior means of test points, labelled with their class and shown by their "
+        "image, for TensorBoard's Projector tab (and RUN/uses/embedding.npz).",
+        "vi-lab embed runs/try num_points=2000",
+    ),
+}
+
+
+def _use(args: argparse.Namespace) -> None:
+    """A use's --show-config, or its handler."""
+    module, settings, *_ = USES[args.command]
+    if args.show_config:
+        defaults = getattr(import_module(f"vi_lab.uses.{module}"), settings)()
+        print(config_yaml(override(defaults, args.overrides)), end="")
+        return
+    args.use(args)
+
+
 def _add_uses_commands(commands: argparse._SubParsersAction) -> None:
-    uses = [
-        ("gradvar", _gradvar, "score-function vs reparameterization gradient variance", "repeats=500"),
-        ("sample", _sample, "decode prior samples and latent interpolations to PNG", "num_pairs=6"),
-        ("anomaly", _anomaly, "outlier scores and their AUROC on out-of-distribution sets", "num_points=200"),
-        ("impute", _impute, "fill in missing pixels by fitting q to the observed ones", "max_steps=500"),
-        ("embed", _embed, "posterior means of test points in TensorBoard's projector", "num_points=2000"),
-    ]
+    handlers = {
+        "gradvar": _gradvar,
+        "sample": _sample,
+        "anomaly": _anomaly,
+        "impute": _impute,
+        "embed": _embed,
+    }
     parsers = {}
-    for name, handler, help_text, example in uses:
-        p = parsers[name] = commands.add_parser(name, help=help_text)
-        p.add_argument("run_dir")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help=_SETTINGS_HELP.format(example))
-        p.set_defaults(handler=handler)
+    for name, (_, _, summary, description, example) in USES.items():
+        p = parsers[name] = _command(commands, name, summary, description, example)
+        p.add_argument("run_dir", metavar="RUN_DIR")
+        p.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="settings (list them: --show-config)"
+        )
+        _show_config_flag(p)
+        p.set_defaults(handler=_use, use=handlers[name])
     parsers["sample"].add_argument("--num", type=int, help="prior samples (default 64)")
     ood_help = "noise, flip or classes:7,8,9 (repeatable)"
-    parsers["anomaly"].add_argument("--ood", action="append", required=True, metavar="SPEC", help=ood_help)
+    parsers["anomaly"].add_argument("--ood", action="append", metavar="SPEC", help=ood_help)
     mask_help = "random:0.5 (fraction hidden), top or bottom (half hidden)"
-    parsers["impute"].add_argument("--mask", required=True, metavar="SPEC", help=mask_help)
+    parsers["impute"].add_argument("--mask", metavar="SPEC", help=mask_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vi-lab", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="vi-lab",
+        description="Amortized vs per-datapoint variational inference on one decoder, and the gaps "
+        "between them. Each command's --help describes it, with an example.",
+        epilog="example:\n  vi-lab train configs/smoke.yaml --run-dir runs/try && vi-lab evaluate runs/try",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vi-lab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("train", help="train a decoder, amortized or per-datapoint")
+    p = _command(
+        commands,
+        "train",
+        "train a decoder, amortized or per-datapoint",
+        "Trains from a config file (configs/*.yaml hold only what differs from the defaults) with "
+        "a.b=value overrides, into a run folder: config.yaml, checkpoints, metrics.json and "
+        "TensorBoard events. --resume continues a stopped run from its last checkpoint.",
+        "vi-lab train configs/smoke.yaml train.epochs=3 --run-dir runs/try",
+    )
     p.add_argument("items", nargs="*", metavar="CONFIG [key=value ...]", help="config file, then overrides")
     p.add_argument("--run-dir", help="the run's folder (default: runs/{dataset}__{kind}__s{seed}__{time})")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    _show_config_flag(p)
     p.set_defaults(handler=_train)
 
-    p = commands.add_parser("evaluate", help="measure amortization and approximation gaps of a run")
-    p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="eval settings, e.g. num_points=200")
+    p = _command(
+        commands,
+        "evaluate",
+        "measure amortization and approximation gaps of a run",
+        "Refines q* per held-out point with the decoder frozen and estimates log p(x) (IWAE or "
+        "AIS), then writes RUN/eval/gaps.json, points.npz, figures (PNG) and TensorBoard scalars, "
+        "histograms and figures. Settings are the run's `eval` section.",
+        "vi-lab evaluate runs/try num_points=300 estimator=ais",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="eval settings (list them: --show-config)"
+    )
+    _show_config_flag(p)
     p.set_defaults(handler=_evaluate)
 
-    p = commands.add_parser("compare", help="side-by-side gap table of evaluated runs (markdown)")
-    p.add_argument("run_dirs", nargs="+")
+    p = _command(
+        commands,
+        "compare",
+        "side-by-side gap table of evaluated runs (markdown)",
+        "Prints the training metrics and gaps of evaluated runs side by side, then their validation "
+        "measures at equal budgets (decoder steps, training seconds); --figure draws those curves. "
+        "It takes no key=value settings.",
+        "vi-lab compare runs/a runs/b --figure runs/budget.png",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--figure", metavar="PNG", help="also draw validation curves against steps and seconds")
     p.set_defaults(handler=_compare)
 
-    p = commands.add_parser("study", help="run (or resume) an Optuna hyperparameter study")
+    p = _command(
+        commands,
+        "board",
+        "one TensorBoard HParams experiment for the runs under a folder",
+        "Writes ROOT's HParams experiment: the hyperparameters of every run below ROOT, with what "
+        "differs between them, and the validation, training and evaluated gaps as metric columns. "
+        "Run it for the folder you give `tensorboard --logdir` (a study writes its own). "
+        "It takes no key=value settings.",
+        "vi-lab board runs && tensorboard --logdir runs",
+    )
+    p.add_argument("root", metavar="ROOT")
+    p.set_defaults(handler=_board)
+
+    p = _command(
+        commands,
+        "study",
+        "run (or resume) an Optuna hyperparameter study",
+        "Runs trials of a search space over a base config until the study holds n_trials, in "
+        "{root}/{name}/ with its storage (SQLite, a journal file for --workers, or PostgreSQL); "
+        "re-running the command resumes it.",
+        "vi-lab study configs/study/smoke.yaml n_trials=5 --workers 2",
+    )
     p.add_argument("config", metavar="STUDY_CONFIG", help="study file, e.g. configs/study/smoke.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n_trials=10 root=/tmp/studies")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="study settings (list them: --show-config)"
+    )
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (journal file storage)")
     p.add_argument(
         "--storage",
@@ -170,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "keeps a password out of ps and shell history)",
     )
     p.add_argument("--summary", action="store_true", help="only print best trials, trial table, importances")
+    _show_config_flag(p)
     p.set_defaults(handler=_study)
     _add_uses_commands(commands)
     return parser

@@ -196,7 +196,7 @@ class EvalConfig:
     num_samples: int = 5000  # K of the importance-weighted bound
     init: RefineInit = RefineInit.auto
     batch_size: int = 500  # points refined together
-    memory_budget_mb: float | None = None  # MB per chunk of log p(x) work; null: runtime.memory_budget_mb
+    memory_budget_mb: float | None = None  # MB per chunk of log p(x) work; null: chunking.memory_budget_mb
     refine: LocalFitConfig = field(
         default_factory=lambda: LocalFitConfig(
             max_steps=5000, lr=0.1, num_samples=10, check_every=50, check_samples=16, tol=0.05, num_decays=7
@@ -375,8 +375,13 @@ def from_dict(data: dict[str, Any]) -> Config:
     return build(Config, OmegaConf.create(data))
 
 
+def config_yaml(config: Any) -> str:
+    """A config (or a section of one) as YAML: every key, resolved."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    Path(path).write_text(config_yaml(config))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

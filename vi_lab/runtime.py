@@ -1,5 +1,5 @@
-"""Where and how a run executes: the device, compiled hot paths, mixed precision, the memory rule
-for chunked work, and the one place seeds are set."""
+"""Where and how a run executes: the device, compiled hot paths, mixed precision, and the one
+place seeds and random streams are set."""
 
 from __future__ import annotations
 
@@ -59,31 +59,6 @@ def check_precision(precision: Precision, device: torch.device) -> None:
     """Raise ConfigError (one line) for bf16 on a device other than CUDA, the only one it is offered for."""
     if precision == Precision.bf16 and device.type != "cuda":
         raise ConfigError(f"runtime.precision: bf16 needs a CUDA device, not {device}: use float32")
-
-
-def memory_budget_mb(device: torch.device) -> float:
-    """Default size of one chunk of estimator work: 64 MB on a CPU (see docs/performance.md),
-    half the free memory on a GPU (large chunks keep it busy)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return 0.5 * free / 2**20
-    return 64.0
-
-
-def bytes_per_pair(decoder: object, x: torch.Tensor, keep_graph: bool = False) -> int:
-    """Conservative live bytes for one (sample, point) pair in a decoder evaluation.
-
-    The width of a layer is the largest dimension of a parameter with >= 2 dims (for an
-    MLP: its in/out features); the data dimension P counts as a layer. Without autograd
-    only one layer is live at a time, so the rule is 5 tensors as wide as the widest
-    layer; with a graph kept for autograd every layer's activations stay live, so it is
-    5 tensors as wide as all layers together (docs/performance.md says why 5). Convolutional
-    decoders are underestimated.
-    """
-    params = decoder.parameters() if hasattr(decoder, "parameters") else []
-    widths = [x.shape[-1], *(max(p.shape) for p in params if p.dim() >= 2)]
-    width = sum(widths) if keep_graph else max(widths)
-    return 5 * width * x.element_size()
 
 
 def seed_everything(seed: int) -> None:

@@ -41,7 +41,7 @@ from vi_lab.inference.objectives import elbo
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
-from vi_lab.runs.board import write_hparams, write_json
+from vi_lab.runs.board import end_session, start_session, write_json
 from vi_lab.runs.checkpoint import FILENAME, save_checkpoint
 from vi_lab.runs.folder import check_fresh
 from vi_lab.runs.schedule import kl_weight, learning_rate
@@ -107,7 +107,9 @@ def train(
     """Train (or resume) the run in `run_dir`; returns the metrics also saved as metrics.json.
 
     `on_epoch(epoch, metrics)` is called after every epoch (Optuna reports and prunes
-    there); `hparams` replaces the flattened config in TensorBoard's HParams tab.
+    there); `hparams` replaces the flattened config in TensorBoard's HParams tab. The run's
+    HParams session ends with success when the last epoch is done; a run stopped or failed
+    leaves it open (TensorBoard shows its status as unknown), since it can be resumed.
     """
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
@@ -131,12 +133,14 @@ def train(
     # on resume, drop the events logged after the checkpoint (a run killed mid-epoch logged them)
     writer = SummaryWriter(str(run_dir), purge_step=position.step + 1 if resume else None)
     if not resume:
-        write_hparams(writer, hparams or flatten(to_dict(config)), METRIC_TAGS)
+        start_session(writer, hparams or flatten(to_dict(config)))
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     run = _Run(config, run_dir, data, model, optimizer, writer, position, history, window)
     try:
         with graceful_stop():
-            return _run_epochs(run, on_epoch)
+            metrics = _run_epochs(run, on_epoch)
+        end_session(writer, success=True)  # only now: a stopped or failed run can still be resumed
+        return metrics
     finally:
         writer.close()
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.linear_gaussian import DATA_DIM, DEVICES, LATENT_DIM, best_q, correlated_decoder, data
+from vi_lab.chunking import bytes_per_pair
 from vi_lab.evaluation.iwae import iwae_log_marginal
-from vi_lab.runtime import bytes_per_pair
 
 
 def test_posterior_is_not_diagonal() -> None:

@@ -21,7 +21,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from tests.postgres import PASSWORD, find_bin_dir, free_port, postgres_server
 from vi_lab.cli import main
@@ -99,24 +99,46 @@ def test_smoke_study_records_trials_with_params_and_values(smoke_study) -> None:
     assert len({t.params["train.lr"] for t in trials}) == 3
 
 
+def hparams_records(folder: Path) -> dict[str, plugin_data_pb2.HParamsPluginData]:
+    """The HParams records (experiment, session start, session end) TensorBoard reads in a folder."""
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    return {tag: plugin_data_pb2.HParamsPluginData.FromString(data) for tag, data in content.items()}
+
+
+def session_status(run_dir: Path) -> str:
+    """The status TensorBoard shows for a run's session: UNKNOWN while no end is recorded."""
+    end = hparams_records(run_dir).get("_hparams_/session_end_info")
+    return api_pb2.Status.Name(end.session_end_info.status) if end else "STATUS_UNKNOWN"
+
+
 def test_trial_folders_hold_tensorboard_hparams(smoke_study) -> None:
     root, study_dir = smoke_study
-    for trial in load(smoke_config(root)).trials:
+    trials = load(smoke_config(root)).trials
+    for trial in trials:
         run_dir = Path(study_dir) / f"trial_{trial.number:04d}"
-        assert list(run_dir.glob("events.out.tfevents.*"))
-        events = EventAccumulator(str(run_dir))
-        events.Reload()
-        content = events.PluginTagToContent("hparams")
-        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= content.keys()
-        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-        hparams = start.session_start_info.hparams
+        records = hparams_records(run_dir)
+        assert "_hparams_/experiment" not in records  # one per study folder, not one per trial
+        hparams = records["_hparams_/session_start_info"].session_start_info.hparams
         assert set(hparams) == {"train.lr", "model.latent_dim", "model.hidden"}  # the params, not the config
         assert hparams["train.lr"].number_value == pytest.approx(trial.params["train.lr"])
         assert hparams["model.latent_dim"].number_value == trial.params["model.latent_dim"]
         assert hparams["model.hidden"].string_value == trial.params["model.hidden"]
-        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-        assert "valid/log_px" in [m.name.tag for m in experiment.metric_infos]
+        assert session_status(run_dir) == "STATUS_SUCCESS"
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
         assert events.Scalars("valid/log_px")[-1].value == pytest.approx(trial.value, rel=1e-5)
+    experiment = hparams_records(Path(study_dir))["_hparams_/experiment"].experiment
+    assert "valid/log_px" in [m.name.tag for m in experiment.metric_infos]
+    infos = {info.name: info for info in experiment.hparam_infos}
+    assert set(infos) == {"train.lr", "model.latent_dim", "model.hidden"}
+    lrs = [t.params["train.lr"] for t in trials]
+    assert infos["train.lr"].differs
+    assert infos["train.lr"].domain_interval.min_value == pytest.approx(min(lrs))
+    assert infos["train.lr"].domain_interval.max_value == pytest.approx(max(lrs))
+    hidden = {value.string_value for value in infos["model.hidden"].domain_discrete.values}
+    assert hidden == {t.params["model.hidden"] for t in trials}
 
 
 def test_summary_shows_best_trial_table_and_importances(smoke_study, capsys: pytest.CaptureFixture) -> None:
@@ -163,6 +185,8 @@ def test_pruner_stops_a_hopeless_trial(tmp_path: Path) -> None:
     assert trial.intermediate_values[1] < min(t.intermediate_values[1] for t in good)
     assert json.loads((tmp_path / "study" / "trial_0002" / "metrics.json").read_text())["epochs"] == 1
     assert "pruned after epoch 1" in summarize_study(hopeless)
+    statuses = [session_status(tmp_path / "study" / f"trial_{n:04d}") for n in range(3)]
+    assert statuses == ["STATUS_SUCCESS", "STATUS_SUCCESS", "STATUS_FAILURE"]  # pruned is not success
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(
@@ -194,6 +218,7 @@ def test_nan_loss_fails_the_trial_with_its_error(tmp_path: Path) -> None:
     (trial,) = run_study(config, verbose=False).trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["error"].startswith("NonFiniteLossError: the training loss became non-finite")
+    assert session_status(config.study_dir / "trial_0000") == "STATUS_FAILURE"
     assert "need at least 2 complete trials (have 0)" in summarize_study(config)
 
 

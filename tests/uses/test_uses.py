@@ -5,26 +5,28 @@ linear-Gaussian config, trained for an epoch or two."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.linear_gaussian import LATENT_DIM, dense_decoder, noisy_data, prior
 from vi_lab.cli import main
-from vi_lab.config import load_config
+from vi_lab.config import EvalConfig, load_config
+from vi_lab.inference.objectives import LogLikelihood
 from vi_lab.models.linear_gaussian import LinearGaussianDecoder
+from vi_lab.runs.board import write_png
 from vi_lab.runs.folder import load_run
-from vi_lab.runs.png import encode_png
 from vi_lab.train import train
 from vi_lab.uses.anomaly import anomaly_run, auroc, noise_like, ood_points, parse_ood
 from vi_lab.uses.embed import CLASS_NAMES, embed_run
-from vi_lab.uses.impute import ObservedPixels, impute_run, make_mask, masked_log_prob
+from vi_lab.uses.impute import fit_observed, impute_run, make_mask, masked_log_prob
 from vi_lab.uses.sample import interpolate, sample_run
 
 TRAIN_CLASSES = [0, 1, 2, 3, 4, 5, 6]
@@ -32,24 +34,11 @@ PAD = 2  # image_grid's border
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """(H, W) or (H, W, 3) uint8 pixels of an 8-bit, unfiltered PNG, checking every chunk's CRC."""
+    """(H, W) or (H, W, 3) uint8 pixels of a PNG file's bytes (Pillow)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body)
-        chunks[kind] = chunks.get(kind, b"") + body
-        pos += 12 + length
-    width, height, depth, colour, *_ = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
-    assert depth == 8 and colour in (0, 2) and b"IEND" in chunks
-    channels = 1 if colour == 0 else 3
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8)
-    raw = raw.reshape(height, 1 + width * channels)
-    assert (raw[:, 0] == 0).all()  # filter type "none" on every row
-    pixels = raw[:, 1:].reshape(height, width, channels)
-    return pixels[..., 0] if channels == 1 else pixels
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and image.mode in ("L", "RGB")
+        return np.asarray(image)
 
 
 def grid_size(rows: int, cols: int, side: int = 28) -> tuple[int, int]:
@@ -94,7 +83,10 @@ def lg_run(tmp_path_factory) -> Path:
 # PNG -------------------------------------------------------------------------------------
 
 
-def test_png_round_trip() -> None:
+def test_png_round_trip(tmp_path: Path) -> None:
+    def encode_png(image: torch.Tensor) -> bytes:
+        return write_png(image, tmp_path / "image.png").read_bytes()
+
     gray = torch.rand(1, 5, 7)
     pixels = decode_png(encode_png(gray))
     assert pixels.shape == (5, 7)
@@ -243,8 +235,24 @@ def test_masked_log_prob_counts_observed_pixels_only() -> None:
     garbage = torch.where(half, x, torch.nan)  # missing values never enter the likelihood
     expected = decoder.log_prob_pixels(x, z)[..., 0::2].sum(-1)
     assert torch.allclose(masked_log_prob(decoder, garbage, half, z), expected)
-    packed = ObservedPixels.pack(x, half)
-    assert torch.allclose(ObservedPixels(decoder).log_prob(packed, z), expected)
+    likelihood = LogLikelihood(2, lambda x, z: masked_log_prob(decoder, x, half, z))  # as impute refines
+    assert torch.allclose(likelihood.log_prob(garbage, z), expected)
+
+
+def test_fit_observed_gives_every_chunk_its_own_mask() -> None:
+    """Chunks of one point, rows alternately fully observed and fully missing: a missing row's
+    best q is the prior exactly, an observed row's the closed-form best diagonal q*."""
+    torch.manual_seed(0)
+    decoder = dense_decoder()
+    x = noisy_data(decoder, num_points=6)
+    observed = torch.tensor([[True], [False]] * 3).expand(6, x.shape[1])
+    start = torch.ones(6, LATENT_DIM)
+    fit = fit_observed(decoder, x, observed, start, start.clone(), EvalConfig().refine, batch_size=1)
+    assert fit.loc[1::2].abs().max() < 0.05 and fit.log_scale[1::2].abs().max() < 0.05
+    best = decoder.exact_elbo(x[0::2], *decoder.best_diagonal(x[0::2]))
+    reached = decoder.exact_elbo(x[0::2], fit.loc[0::2], fit.log_scale[0::2])
+    assert (best - reached).max() < 0.3  # the refinement defaults' tolerance: 0.05 nats per window
+    assert (best - decoder.exact_elbo(x[0::2], *prior(x[0::2]))).min() > 1.0  # the prior is far from q*
 
 
 def test_impute_beats_the_mean_on_the_linear_gaussian_model(lg_run) -> None:

@@ -20,10 +20,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from vi_lab.chunking import bytes_per_pair, map_points
 from vi_lab.evaluation.iwae import check_inputs
 from vi_lab.inference import gaussian
 from vi_lab.inference.objectives import Decoder, log_joint
-from vi_lab.runtime import bytes_per_pair
 
 SCHEDULES = ("sigmoid", "geometric", "linear")
 
@@ -155,5 +155,10 @@ def ais_log_marginal(
     pair = num_chains * bytes_per_pair(decoder, x, keep_graph=True)
     point_chunk = max(1, int(memory_budget_mb * 2**20) // pair)
     settings = (betas, num_leapfrog, num_chains, step_size, target_acceptance)
-    chunks = zip(x.split(point_chunk), loc.split(point_chunk), log_scale.split(point_chunk), strict=True)
-    return torch.cat([_ais_chunk(decoder, *chunk, *settings) for chunk in chunks])  # (B,)
+    return map_points(
+        lambda x, loc, log_scale: _ais_chunk(decoder, x, loc, log_scale, *settings),
+        x,
+        loc,
+        log_scale,
+        size=point_chunk,
+    )  # (B,)

@@ -1,9 +1,11 @@
 """`vi-lab evaluate` and `vi-lab compare`: the gaps of a trained run, on file and on screen.
 
 `evaluate_run` measures the gaps (`gaps.py`) on one split and writes RUN/eval/:
-gaps.json (means, standard errors, steps and seconds), points.npz (per-point values),
-and TensorBoard scalars under `eval/` with a histogram of per-point gaps.
-`compare_runs` puts several evaluated runs side by side as a markdown table.
+gaps.json (means, standard errors, steps and seconds), points.npz (per-point values), the
+figures of `figures.py` as PNG, and into the run's TensorBoard: scalars `eval/{split}/...`
+(metric columns of the HParams tab), histograms of the per-point gaps and the figures.
+`compare_runs` puts several evaluated runs side by side as a markdown table, and can draw
+their budget curves.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from vi_lab.config import override
+from vi_lab.evaluation.figures import bound_scatter, budget_curves, gap_curves, gap_histograms
 from vi_lab.evaluation.gaps import measure_gaps
 from vi_lab.runs.board import write_json
+from vi_lab.runs.figures import save_figure
 from vi_lab.runs.folder import load_run
 
 ROWS = [
@@ -63,7 +67,22 @@ def evaluate_run(
         for key in ("amortization_gap", "approximation_gap"):
             if key in points:
                 writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
+        metrics_file = run.run_dir / "metrics.json"
+        history = json.loads(metrics_file.read_text())["history"] if metrics_file.is_file() else []
+        figures = {
+            f"{config.split}_gaps": gap_histograms(points),
+            f"{config.split}_bounds": bound_scatter(points),
+            "gap_curves": gap_curves(history),
+        }
+        for name, figure in figures.items():
+            if figure is not None:
+                save_figure(figure, out / f"{name}.png", writer, f"eval/figures/{name}", run.step)
     return summary
+
+
+def eval_tags(split: str) -> list[str]:
+    """The scalar tags `evaluate_run` writes for a split (HParams metric columns)."""
+    return [f"eval/{split}/{key}" for key, _ in ROWS]
 
 
 def _value(metrics: dict[str, Any], key: str) -> str:
@@ -139,9 +158,10 @@ def format_table(
     return "\n".join(lines)
 
 
-def compare_runs(run_dirs: list[str | Path]) -> str:
+def compare_runs(run_dirs: list[str | Path], figure: str | Path | None = None) -> str:
     """Training metrics and gaps of evaluated runs side by side, then their validation
-    measures at equal budgets (decoder steps, training seconds)."""
+    measures at equal budgets (decoder steps, training seconds); `figure` is a PNG path
+    for the budget curves (`figures.budget_curves`)."""
     summaries, training, names = [], [], []
     for run_dir in map(Path, run_dirs):
         path = run_dir / "eval" / "gaps.json"
@@ -151,4 +171,6 @@ def compare_runs(run_dirs: list[str | Path]) -> str:
         training.append(json.loads((run_dir / "metrics.json").read_text()))
         names.append(run_dir.name)
     budgets = format_budget_table([m["history"] for m in training], names)
+    if figure is not None:
+        save_figure(budget_curves([m["history"] for m in training], names), figure)
     return format_table(summaries, names, training) + "\n\n" + budgets

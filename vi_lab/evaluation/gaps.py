@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vi_lab.chunking import map_points, memory_budget_mb
 from vi_lab.config import Estimator, EvalConfig, RefineInit
 from vi_lab.evaluation.ais import ais_log_marginal
 from vi_lab.evaluation.iwae import iwae_log_marginal
 from vi_lab.inference import gaussian
 from vi_lab.inference.local_fit import window_gain
-from vi_lab.inference.objectives import Decoder, elbo
+from vi_lab.inference.objectives import chunked_elbo
 from vi_lab.inference.refine import refine
 from vi_lab.models.model import LatentVariableModel
-from vi_lab.runtime import memory_budget_mb
 
 ELBO_SAMPLES = 100  # Monte Carlo samples behind each reported per-point ELBO
 
@@ -96,28 +96,6 @@ def standard_error(values: np.ndarray) -> float:
     return float(values.std(ddof=1) / math.sqrt(values.shape[0]))
 
 
-def chunked_elbo(
-    decoder: Decoder,
-    x: Tensor,
-    loc: Tensor,
-    log_scale: Tensor,
-    batch_size: int,
-    num_samples: int = ELBO_SAMPLES,
-) -> Tensor:
-    """Per-point ELBO with `num_samples` Monte Carlo samples, in chunks of points, (N,)."""
-    parts = [
-        elbo(
-            decoder,
-            x[i : i + batch_size],
-            loc[i : i + batch_size],
-            log_scale[i : i + batch_size],
-            num_samples,
-        )["elbo"]
-        for i in range(0, x.shape[0], batch_size)
-    ]
-    return torch.cat(parts)
-
-
 def measure_gaps(
     model: LatentVariableModel,
     x: Tensor,
@@ -134,7 +112,9 @@ def measure_gaps(
     budget = memory_budget_mb(x.device) if config.memory_budget_mb is None else config.memory_budget_mb
     with torch.no_grad():
         guess = posterior.guess(x)  # the encoder's q, or the prior for runs without one
-        elbo_amortized = chunked_elbo(decoder, x, *guess, config.batch_size) if posterior.amortized else None
+        elbo_amortized = (
+            chunked_elbo(decoder, x, *guess, config.batch_size, ELBO_SAMPLES) if posterior.amortized else None
+        )
         if config.init == RefineInit.prior:
             start = gaussian.standard_normal_params(x.shape[0], decoder.latent_dim, x.device)
         else:
@@ -142,7 +122,9 @@ def measure_gaps(
     refined = refine(decoder, x, *start, config.refine, config.batch_size, progress)
     started = time.perf_counter()
     with torch.no_grad():
-        elbo_refined = chunked_elbo(decoder, x, refined.loc, refined.log_scale, config.batch_size)
+        elbo_refined = chunked_elbo(
+            decoder, x, refined.loc, refined.log_scale, config.batch_size, ELBO_SAMPLES
+        )
         if config.estimator == Estimator.ais:
             log_px = ais_log_marginal(
                 decoder,
@@ -197,10 +179,11 @@ def measure_row_gap(
     refined = refine(model.decoder, x, loc, log_scale, config.refine, config.batch_size)
     now = torch.stack([refined.loc, refined.log_scale], dim=1)  # (N, 2, D)
     then = torch.stack([loc, log_scale], dim=1)
-    size = config.batch_size
     with torch.no_grad():
-        parts = [
-            window_gain(model.decoder, x[i : i + size], now[i : i + size], then[i : i + size], num_samples)[0]
-            for i in range(0, x.shape[0], size)
-        ]
-    return torch.cat(parts)
+        return map_points(
+            lambda x, now, then: window_gain(model.decoder, x, now, then, num_samples)[0],
+            x,
+            now,
+            then,
+            size=config.batch_size,
+        )

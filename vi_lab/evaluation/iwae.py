@@ -15,9 +15,9 @@ import math
 import torch
 from torch import Tensor
 
+from vi_lab.chunking import bytes_per_pair, map_points
 from vi_lab.inference import gaussian
 from vi_lab.inference.objectives import Decoder, log_joint
-from vi_lab.runtime import bytes_per_pair
 
 
 def check_inputs(
@@ -62,13 +62,13 @@ def iwae_log_marginal(
     point_chunk = min(num_points, max_pairs)
     sample_chunk = min(num_samples, max(1, max_pairs // point_chunk))
 
+    def log_sum_weights(x: Tensor, z: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+        z = z.transpose(0, 1)  # (k, b, D)
+        return torch.logsumexp(log_joint(decoder, x, z) - gaussian.log_density(z, loc, log_scale), 0)  # (b,)
+
     total = torch.full((num_points,), -math.inf, dtype=x.dtype, device=x.device)  # (B,)
     for start in range(0, num_samples, sample_chunk):
         k = min(sample_chunk, num_samples - start)
-        z_all = torch.cat([gaussian.sample(loc, log_scale, 1) for _ in range(k)])  # (k, B, D)
-        for lo in range(0, num_points, point_chunk):
-            hi = lo + point_chunk
-            z = z_all[:, lo:hi]  # (k, b, D)
-            log_w = log_joint(decoder, x[lo:hi], z) - gaussian.log_density(z, loc[lo:hi], log_scale[lo:hi])
-            total[lo:hi] = torch.logaddexp(total[lo:hi], torch.logsumexp(log_w, 0))  # (b,)
+        z = torch.cat([gaussian.sample(loc, log_scale, 1) for _ in range(k)]).transpose(0, 1)  # (B, k, D)
+        total = torch.logaddexp(total, map_points(log_sum_weights, x, z, loc, log_scale, size=point_chunk))
     return total - math.log(num_samples)

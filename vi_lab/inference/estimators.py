@@ -23,9 +23,9 @@ import math
 import torch
 from torch import Tensor
 
+from vi_lab.chunking import bytes_per_pair
 from vi_lab.inference import gaussian
 from vi_lab.inference.objectives import Decoder, elbo_and_gradient
-from vi_lab.runtime import bytes_per_pair
 
 GROUPS = ("loc", "log_scale")
 BASELINES = ("none", "loo")

@@ -10,11 +10,13 @@ A decoder is any module with `log_prob(x, z) -> (S, B)` for x (B, P), z (S, B, D
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
+from vi_lab.chunking import map_points
 from vi_lab.inference import gaussian
 
 
@@ -24,6 +26,14 @@ class Decoder(Protocol):
     latent_dim: int
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor: ...
+
+
+class LogLikelihood(NamedTuple):
+    """A decoder given by its log-likelihood function alone, log_prob(x, z) -> (S, B): e.g. a
+    decoder's likelihood of some pixels only, with the mask closed over."""
+
+    latent_dim: int
+    log_prob: Callable[[Tensor, Tensor], Tensor]
 
 
 class GenerativeDecoder(Decoder, Protocol):
@@ -86,3 +96,16 @@ def elbo_and_gradient_at(
     grad_loc = grad_z.mean(0) - beta * kl_loc
     grad_log_scale = (grad_z * eps).mean(0) * scale - beta * kl_log_scale
     return recon.detach().mean(0) - beta * kl, grad_loc, grad_log_scale
+
+
+def chunked_elbo(
+    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, batch_size: int, num_samples: int
+) -> Tensor:
+    """Per-point ELBO with `num_samples` Monte Carlo samples over many points, in chunks, (N,)."""
+    return map_points(
+        lambda x, loc, log_scale: elbo(decoder, x, loc, log_scale, num_samples)["elbo"],
+        x,
+        loc,
+        log_scale,
+        size=batch_size,
+    )

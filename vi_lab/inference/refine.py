@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vi_lab.chunking import map_points
 from vi_lab.config import LocalFitConfig
 from vi_lab.inference.local_fit import RowState, fit_local
 from vi_lab.inference.objectives import Decoder
-from vi_lab.progress import progress_bar
 
 
 @dataclass
@@ -38,22 +38,22 @@ def refine(
     batch_size: int = 500,
     progress: bool = False,
     compiled: bool = False,
+    compact: bool = True,
 ) -> Refined:
     """Fit per-point q starting at (loc, log_scale); batched, no loop over points.
 
-    `compiled` runs the steps through torch.compile (see `fit_local`)."""
+    `compiled` and `compact` are `fit_local`'s: steps through torch.compile, and dropping
+    stopped rows (which needs a decoder that scores each row of x on its own)."""
     started = time.perf_counter()
-    chunks = []
-    for begin in progress_bar(range(0, x.shape[0], batch_size), desc="refine", enabled=progress, leave=False):
-        end = begin + batch_size
-        rows = RowState.start_at(loc[begin:end], log_scale[begin:end])
-        chunks.append(fit_local(decoder, x[begin:end], rows, config, compiled=compiled))
+
+    def fit(x: Tensor, loc: Tensor, log_scale: Tensor) -> tuple[Tensor, ...]:
+        rows = RowState.start_at(loc, log_scale)
+        done = fit_local(decoder, x, rows, config, compiled=compiled, compact=compact)
+        return done.state.loc, done.state.log_scale, done.steps, done.capped
+
+    loc, log_scale, steps, capped = map_points(
+        fit, x, loc, log_scale, size=batch_size, progress=progress, desc="refine"
+    )
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
-    return Refined(
-        loc=torch.cat([fit.state.loc for fit in chunks]),
-        log_scale=torch.cat([fit.state.log_scale for fit in chunks]),
-        steps=torch.cat([fit.steps for fit in chunks]),
-        capped=torch.cat([fit.capped for fit in chunks]),
-        seconds=time.perf_counter() - started,
-    )
+    return Refined(loc, log_scale, steps, capped, seconds=time.perf_counter() - started)

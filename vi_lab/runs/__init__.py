@@ -1,7 +1,10 @@
-"""Runs: everything a training run leaves on disk and how it is read back.
+"""Runs: everything around a training run's step, and what the run leaves on disk.
 
-`folder` loads a trained run; `checkpoint` writes and checks checkpoints atomically;
-`resume` decides what a resumed run may change; `board` writes TensorBoard and JSON
-summaries; `outputs` (with `png`) the files of the uses; `stopping` turns SIGTERM/SIGINT
-into a clean stop. No evaluation code: this is run-folder I/O only.
+`schedule` gives the step size and KL weight at a step; `window` checks and reduces the
+logged terms between log points; `checkpoint` writes and checks checkpoints atomically;
+`resume` decides what a resumed run may change and restores it; `stopping` turns
+SIGTERM/SIGINT into a clean stop; `board` writes TensorBoard (HParams sessions and
+experiment), PNG (Pillow) and JSON files; `figures` renders matplotlib figures to PNG and
+TensorBoard; `folder` names new run folders and loads trained runs; `outputs` writes the
+files of the uses. No evaluation code: these are the run's mechanics and its I/O.
 """

@@ -1,8 +1,16 @@
-"""TensorBoard output: image grids, the hparams record, and atomic JSON files.
+"""TensorBoard output: image grids, figures, the HParams sessions and experiment, atomic JSON.
 
 Tags are namespaced as in CleanRL: `train/...`, `valid/...`, `charts/...`,
-`posterior/...`, `eval/...`. The hparams record is written into the run's own event
-file (not a sub-run), so TensorBoard's HParams tab pairs it with the run's scalars.
+`posterior/...`, `eval/...`.
+
+The HParams tab (TensorBoard's hparams plugin) pairs three records. Each run opens a
+*session* in its own event file: its hyperparameters (booleans as booleans) when it
+starts, and its status once it is over (`end_session`). TensorBoard keeps the first
+record of a tag in a run, so a session is ended once, when its outcome is final. The
+*experiment* (which hyperparameters exist, their domains, whether they differ between
+runs, which scalar tags are the metrics) is one record per log root: TensorBoard reads
+a single one, from whichever run it meets first, so `write_experiment` keeps exactly one,
+in ROOT itself, built from the sessions of every run below it.
 """
 
 from __future__ import annotations
@@ -10,13 +18,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import summary_v2 as hp
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+
+EXPERIMENT_FILE = "events.out.tfevents.vi_lab.experiment"  # "tfevents" in the name: TensorBoard reads it
+HParamValue = bool | int | float | str
 
 
 def image_grid(x: Tensor, image_shape: tuple[int, int, int], num_rows: int | None = None) -> Tensor:
@@ -34,12 +52,119 @@ def image_grid(x: Tensor, image_shape: tuple[int, int, int], num_rows: int | Non
     return grid
 
 
-def write_hparams(writer: SummaryWriter, params: dict[str, Any], metric_names: list[str]) -> None:
-    """Declare the run's hyperparameters and which scalar tags are its metrics."""
-    clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
-    experiment, start, end = hparams(clean, dict.fromkeys(metric_names, 0.0))
-    for summary in (experiment, start, end):
-        writer.file_writer.add_summary(summary)
+def write_png(image: Tensor, path: str | Path) -> Path:
+    """Write an image in [0, 1] shaped (H, W), (1, H, W) or (3, H, W) as an 8-bit PNG (Pillow)."""
+    if image.dim() == 2:
+        image = image[None]
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image must have shape (H, W), (1, H, W) or (3, H, W), got {tuple(image.shape)}")
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)  # (C, H, W)
+    array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
+    path = Path(path)
+    Image.fromarray(array).save(path, format="PNG")
+    return path
+
+
+def start_session(writer: SummaryWriter, params: dict[str, Any]) -> None:
+    """Open the run's HParams session with its hyperparameters; other values become strings."""
+    clean = {k: v if isinstance(v, HParamValue) else str(v) for k, v in params.items()}
+    writer.file_writer.add_summary(hp.hparams_pb(clean))
+
+
+def end_session(writer: SummaryWriter, success: bool) -> None:
+    """Close the run's HParams session: success (it ran to its end) or failure (given up)."""
+    status = api_pb2.STATUS_SUCCESS if success else api_pb2.STATUS_FAILURE
+    info = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+    writer.file_writer.add_summary(
+        _summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
+    )
+
+
+def read_sessions(root: str | Path) -> dict[Path, dict[str, HParamValue]]:
+    """The hyperparameters of every run below `root` (folders holding an HParams session)."""
+    sessions = {}
+    folders = {path.parent for path in Path(root).rglob("events.out.tfevents.*")}
+    for folder in sorted(folders):
+        for path in sorted(folder.glob("events.out.tfevents.*")):
+            start = _session_start(path)
+            if start is not None:
+                sessions[folder] = {name: _python_value(value) for name, value in start.hparams.items()}
+                break
+    return sessions
+
+
+def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path:
+    """Write ROOT's one HParams experiment: the hyperparameters of the runs below ROOT (their
+    union, each with its domain and whether it differs between runs) and `metric_tags` as
+    the metric columns. Earlier experiment records of vi_lab below ROOT are removed, since
+    TensorBoard would read only one of them."""
+    root = Path(root)
+    values: dict[str, list[HParamValue]] = {}
+    for params in read_sessions(root).values():
+        for name, value in params.items():
+            values.setdefault(name, []).append(value)
+    experiment = api_pb2.Experiment(
+        time_created_secs=time.time(),
+        hparam_infos=[_hparam_info(name, values[name]) for name in sorted(values)],
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags],
+    )
+    summary = _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    path = root / EXPERIMENT_FILE
+    temp = root / ".vi_lab_experiment.tmp"  # no "tfevents" in the name: TensorBoard never reads it
+    with temp.open("wb") as file:
+        records = RecordWriter(file)
+        for event in (
+            event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"),
+            event_pb2.Event(wall_time=time.time(), step=0, summary=summary),
+        ):
+            records.write(event.SerializeToString())
+        records.flush()
+    for stale in root.rglob(EXPERIMENT_FILE):
+        if stale != path:
+            stale.unlink()
+    os.replace(temp, path)
+    return path
+
+
+def _hparam_info(name: str, values: list[HParamValue]) -> api_pb2.HParamInfo:
+    """Type and domain from the values the runs used: all booleans, all numbers, else strings."""
+    if all(isinstance(v, bool) for v in values):
+        kind, domain = api_pb2.DATA_TYPE_BOOL, sorted(set(values))
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        low, high = min(values), max(values)
+        return api_pb2.HParamInfo(
+            name=name,
+            type=api_pb2.DATA_TYPE_FLOAT64,
+            domain_interval=api_pb2.Interval(min_value=low, max_value=high),
+            differs=low != high,
+        )
+    else:
+        kind, domain = api_pb2.DATA_TYPE_STRING, sorted({str(v) for v in values})
+    info = api_pb2.HParamInfo(name=name, type=kind, differs=len(domain) > 1)
+    info.domain_discrete.extend(domain)
+    return info
+
+
+def _python_value(value: Any) -> HParamValue:
+    kind = value.WhichOneof("kind")
+    return {"bool_value": value.bool_value, "number_value": value.number_value}.get(kind, value.string_value)
+
+
+def _session_start(path: Path) -> plugin_data_pb2.SessionStartInfo | None:
+    """The session start record of one event file (written first, so the scan stops early)."""
+    if path.name == EXPERIMENT_FILE:
+        return None
+    for event in EventFileLoader(str(path)).Load():
+        for value in event.summary.value:
+            if value.tag == metadata.SESSION_START_INFO_TAG:
+                return metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+    return None
+
+
+def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
+    return summary
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
+from vi_lab.runs.board import write_png
 from vi_lab.runs.folder import TrainedRun
-from vi_lab.runs.png import write_png
 
 FOLDER = "uses"
 

@@ -1,8 +1,8 @@
 """How a run's step size and KL weight vary over its decoder steps.
 
-KL warm-up (Bowman et al. 2016, Sec. 3.1; Sønderby et al. 2016, Sec. 2.3) multiplies
-the KL term of the training objective by beta, linear from 0 to 1; the cosine schedule
-is SGDR's annealing without restarts (Loshchilov & Hutter 2017, Eq. 5).
+KL warm-up (the KL cost annealing of Bowman et al. 2016; the warm-up of Sønderby et al.
+2016) multiplies the KL term of the training objective by beta, linear from 0 to 1; the
+cosine schedule is SGDR's annealing without restarts (Loshchilov & Hutter 2017, Eq. 5).
 """
 
 from __future__ import annotations

@@ -18,12 +18,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from vi_lab.config import (
     Config,
     ConfigError,
     build,
+    config_yaml,
     load_config,
     load_yaml_mapping,
     override,
@@ -321,4 +320,4 @@ def load_study_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
 
 
 def save_study_config(config: StudyConfig, path: str | Path) -> None:
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    Path(path).write_text(config_yaml(config))

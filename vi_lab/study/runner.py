@@ -2,7 +2,10 @@
 
 Every trial is an ordinary run of `train(config, run_dir)` in {root}/{name}/trial_{number:04d}/,
 its suggested values applied to the base config with `override` and written as the run's
-TensorBoard hparams, so TensorBoard's HParams tab compares the trials. The objective is
+TensorBoard HParams session, which ends with success when the trial completes and with failure
+when it is pruned, fails or is stopped (a trial whose worker is killed outright leaves it
+open). After its trials, each invocation writes the study folder's one HParams experiment
+(`write_experiment_summary`), so TensorBoard's HParams tab compares the trials. The objective is
 reported after every epoch, so a pruner can stop a hopeless trial early. Where a study is
 stored, and how many workers open it at once, is `storage.py`.
 
@@ -47,6 +50,7 @@ import socket
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,8 +59,11 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from torch.utils.tensorboard import SummaryWriter
 
 from vi_lab.config import Config, override
+from vi_lab.experiment import write_experiment_summary
+from vi_lab.runs.board import end_session
 from vi_lab.runs.stopping import Terminated, exit_code, graceful_stop, signal_of
 from vi_lab.study.config import (
     OBJECTIVE_KEYS,
@@ -272,18 +279,27 @@ def make_objective(
             bad = [name for name, value in zip(names, values, strict=True) if not _finite(value)]
             if bad:
                 raise ValueError(f"objective {', '.join(bad)} is missing or not finite: {values}")
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, KeyboardInterrupt):  # pruned, or stopped by SIGINT/SIGTERM
+            _give_up_session(run_dir)
             raise
         except OSError as error:  # the harness, not the parameters: does not count toward n_trials
             trial.set_user_attr("harness_error", f"{type(error).__name__}: {error}")
             raise TrialHarnessError(f"trial {trial.number}: {error}") from error
         except Exception as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            _give_up_session(run_dir)
             raise
         trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if k != "history"})
         return values[0] if len(values) == 1 else values
 
     return objective
+
+
+def _give_up_session(run_dir: Path) -> None:
+    """End the HParams session of a trial the study gives up (it is never resumed) as a failure."""
+    if run_dir.is_dir():
+        with SummaryWriter(str(run_dir)) as writer:
+            end_session(writer, success=False)
 
 
 def _finite(value: float | None) -> bool:
@@ -444,9 +460,11 @@ def run_study(
     )
     remaining = config.n_trials - counted
     if remaining <= 0:
+        write_experiment_summary(config.study_dir)
         return study
     if workers == 1:
         work(config, location, None, verbose)
+        write_experiment_summary(config.study_dir)
         return study
     workers = min(workers, remaining)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -456,6 +474,7 @@ def run_study(
         _spawn([(config, location, threads, verbose)] * workers)
     finally:
         fail_stale_trials(study, reclaim)  # the trials of workers that died are not left RUNNING
+    write_experiment_summary(config.study_dir)
     return study
 
 

@@ -30,9 +30,9 @@ from torch import Tensor
 
 from vi_lab.config import Dataset, LocalFitConfig, override, require
 from vi_lab.data.datasets import load_data
-from vi_lab.evaluation.gaps import chunked_elbo
 from vi_lab.evaluation.iwae import iwae_log_marginal
 from vi_lab.inference import gaussian
+from vi_lab.inference.objectives import chunked_elbo
 from vi_lab.inference.refine import refine
 from vi_lab.models.model import LatentVariableModel
 from vi_lab.runs.board import write_json

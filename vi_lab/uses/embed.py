@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vi_lab.chunking import map_points
 from vi_lab.config import ConfigError, override
 from vi_lab.runs.folder import load_run
 from vi_lab.runs.outputs import FOLDER, open_outputs
@@ -60,11 +61,8 @@ def embed_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     x = run.data.x[config.split][: config.num_points]
     labels = run.data.labels[config.split]
     with torch.no_grad():
-        loc = torch.cat(
-            [
-                run.model.posterior.infer(run.model.decoder, x[begin : begin + config.batch_size])[0]
-                for begin in range(0, x.shape[0], config.batch_size)
-            ]
+        loc = map_points(
+            lambda x: run.model.posterior.infer(run.model.decoder, x)[0], x, size=config.batch_size
         )  # (N, D)
     metadata = None if labels is None else [CLASS_NAMES[int(c)] for c in labels[: x.shape[0]]]
     images = None if run.data.image_shape is None else x.view(-1, *run.data.image_shape).cpu()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vi_lab.config import override, require
+from vi_lab.chunking import map_points
+from vi_lab.config import LocalFitConfig, override, require
 from vi_lab.evaluation.gaps import standard_error
 from vi_lab.inference import gaussian
-from vi_lab.inference.objectives import GenerativeDecoder
-from vi_lab.inference.refine import refine
+from vi_lab.inference.objectives import GenerativeDecoder, LogLikelihood
+from vi_lab.inference.refine import Refined, refine
 from vi_lab.runs.board import image_grid, write_json
 from vi_lab.runs.folder import load_run
 from vi_lab.runs.outputs import open_outputs
@@ -81,21 +83,27 @@ def masked_log_prob(decoder: GenerativeDecoder, x: Tensor, observed: Tensor, z: 
     return torch.where(observed, per_pixel, torch.zeros_like(per_pixel)).sum(-1)
 
 
-class ObservedPixels:
-    """The decoder seen through a mask, for `refine`: its data are [x, mask] side by side, (B, 2P),
-    so that each chunk of points that `refine` takes carries its own mask."""
+def fit_observed(
+    decoder: GenerativeDecoder,
+    x: Tensor,
+    observed: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    config: LocalFitConfig,
+    batch_size: int,
+) -> Refined:
+    """q fitted to the observed pixels only (L_o above), decoder frozen, in chunks of points:
+    each chunk's likelihood is `masked_log_prob` with that chunk's mask closed over."""
+    started = time.perf_counter()
 
-    def __init__(self, decoder: GenerativeDecoder) -> None:
-        self.decoder = decoder
-        self.latent_dim = decoder.latent_dim
+    def fit(x: Tensor, observed: Tensor, loc: Tensor, log_scale: Tensor) -> tuple[Tensor, ...]:
+        likelihood = LogLikelihood(decoder.latent_dim, lambda x, z: masked_log_prob(decoder, x, observed, z))
+        # the likelihood closes over this chunk's mask: its rows must stay where they are
+        done = refine(likelihood, x, loc, log_scale, config, batch_size=x.shape[0], compact=False)
+        return done.loc, done.log_scale, done.steps, done.capped
 
-    @staticmethod
-    def pack(x: Tensor, observed: Tensor) -> Tensor:
-        return torch.cat([x, observed.to(x.dtype)], dim=-1)  # (B, 2P)
-
-    def log_prob(self, packed: Tensor, z: Tensor) -> Tensor:
-        x, observed = packed.chunk(2, dim=-1)
-        return masked_log_prob(self.decoder, x, observed > 0.5, z)
+    fitted = map_points(fit, x, observed, loc, log_scale, size=batch_size)
+    return Refined(*fitted, seconds=time.perf_counter() - started)
 
 
 @torch.no_grad()
@@ -103,13 +111,12 @@ def predictive_mean(
     decoder: GenerativeDecoder, loc: Tensor, log_scale: Tensor, num_samples: int, batch_size: int
 ) -> Tensor:
     """E_q[E[x | z]] by Monte Carlo, in chunks of points, (N, P)."""
-    parts = []
-    for begin in range(0, loc.shape[0], batch_size):
-        z = gaussian.sample(
-            loc[begin : begin + batch_size], log_scale[begin : begin + batch_size], num_samples
-        )
-        parts.append(decoder.mean(z).mean(0))  # (b, P)
-    return torch.cat(parts)
+    return map_points(
+        lambda loc, log_scale: decoder.mean(gaussian.sample(loc, log_scale, num_samples)).mean(0),  # (b, P)
+        loc,
+        log_scale,
+        size=batch_size,
+    )
 
 
 def missing_error(prediction: Tensor, x: Tensor, observed: Tensor) -> Tensor:
@@ -161,8 +168,7 @@ def impute_run(run_dir: str | Path, mask: str, overrides: list[str] | tuple[str,
     with torch.no_grad():
         loc, log_scale = posterior.guess(x_filled)
     guess = predictive_mean(decoder, loc, log_scale, config.num_samples, config.batch_size)
-    packed = ObservedPixels.pack(x, observed)  # (N, 2P)
-    fit = refine(ObservedPixels(decoder), packed, loc, log_scale, fit_config, config.batch_size)
+    fit = fit_observed(decoder, x, observed, loc, log_scale, fit_config, config.batch_size)
     imputed = predictive_mean(decoder, fit.loc, fit.log_scale, config.num_samples, config.batch_size)
 
     errors = {
