@@ -12,6 +12,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from vi_lab import train as training
 from vi_lab.config import load_config
+from vi_lab.inference import objectives
 from vi_lab.models.model import build_model
 from vi_lab.runs.checkpoint import load_checkpoint
 from vi_lab.runs.folder import load_run
@@ -30,7 +31,7 @@ def _tags(run_dir: Path) -> dict[str, list[str]]:
     return events.Tags()
 
 
-@pytest.mark.parametrize("kind", ["amortized", "local"])
+@pytest.mark.parametrize("kind", ["amortized", "local", "semi_amortized"])
 def test_run_folder_holds_config_events_checkpoint_metrics(tmp_path, kind):
     run_dir = tmp_path / kind
     metrics = training.train(_config(f"inference.kind={kind}"), run_dir)
@@ -64,6 +65,8 @@ def test_run_folder_holds_config_events_checkpoint_metrics(tmp_path, kind):
     if kind == "local":
         expected |= {"train/inner_steps", "train/inner_gain"}
     else:
+        if kind == "semi_amortized":  # their difference: the gap the K steps close during training
+            expected |= {"train/elbo_encoder", "train/elbo_refined"}
         expected |= {"valid/elbo_encoder", "valid/amortization_gap"}
     assert expected <= set(tags["scalars"])
     assert "valid/elbo" not in tags["scalars"]  # no tag whose meaning depends on the mode
@@ -87,6 +90,29 @@ def test_training_steps_change_decoder_and_encoder(tmp_path):
         after = dict(getattr(run.model, name).named_parameters())
         assert before.keys() == after.keys() and before
         assert all(not torch.equal(before[n], after[n]) for n in before), name
+
+
+@pytest.mark.slow
+def test_semi_amortized_with_no_steps_trains_as_an_amortized_run(tmp_path):
+    """K = 0: the refined q is the encoder's q, so a semi-amortized run (either encoder
+    gradient) takes the amortized run's steps exactly: same parameters after 5 decoder steps
+    from the same seed. Negative control: one refinement step changes them."""
+    short = [
+        "train.epochs=1",
+        "train.valid_num_points=20",
+        "train.valid_num_samples=20",
+        "eval.refine.max_steps=20",
+    ]
+    training.train(_config(*short), tmp_path / "amortized")
+    reference = load_checkpoint(tmp_path / "amortized" / "checkpoint.pt")["model"]
+    for steps, gradient in ((0, "stop_gradient"), (0, "backprop"), (1, "stop_gradient")):
+        run_dir = tmp_path / f"semi_{steps}_{gradient}"
+        semi = ["inference.kind=semi_amortized", f"inference.refine.num_steps={steps}"]
+        training.train(_config(*short, *semi, f"inference.refine.encoder_gradient={gradient}"), run_dir)
+        model = load_checkpoint(run_dir / "checkpoint.pt")["model"]
+        assert model.keys() == reference.keys()
+        same = [torch.equal(model[name], reference[name]) for name in reference]
+        assert all(same) if steps == 0 else not any(same), (steps, gradient)
 
 
 def test_resume_continues_from_the_saved_step(tmp_path):
@@ -116,7 +142,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     run_dir = tmp_path / "run"
     training.train(_config("train.epochs=1"), run_dir)
     good = load_checkpoint(run_dir / "checkpoint.pt")
-    real_elbo, calls = training.elbo, {"n": 0}
+    real_elbo, calls = objectives.elbo, {"n": 0}
 
     def poisoned(*args, **kwargs):
         terms = real_elbo(*args, **kwargs)
@@ -125,7 +151,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             terms["elbo"] = terms["elbo"] * float("nan")
         return terms
 
-    monkeypatch.setattr(training, "elbo", poisoned)
+    monkeypatch.setattr(objectives, "elbo", poisoned)
     with pytest.raises(training.NonFiniteLossError, match="step 8"):  # as TensorBoard numbers it
         training.train(_config("train.epochs=3"), run_dir, resume=True)
     after = load_checkpoint(run_dir / "checkpoint.pt")
@@ -135,7 +161,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 def test_ctrl_c_saves_a_checkpoint_mid_epoch(tmp_path, monkeypatch):
-    real_elbo, calls = training.elbo, {"n": 0}
+    real_elbo, calls = objectives.elbo, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -143,13 +169,13 @@ def test_ctrl_c_saves_a_checkpoint_mid_epoch(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_elbo(*args, **kwargs)
 
-    monkeypatch.setattr(training, "elbo", interrupted)
+    monkeypatch.setattr(objectives, "elbo", interrupted)
     with pytest.raises(KeyboardInterrupt):
         training.train(_config(), tmp_path / "run")
     position = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["position"]
     assert position == {**position, "epoch": 0, "batch": 3, "step": 3}
     assert _session_status(tmp_path / "run") is None  # stopped, resumable: the session stays open
-    monkeypatch.setattr(training, "elbo", real_elbo)
+    monkeypatch.setattr(objectives, "elbo", real_elbo)
     metrics = training.train(_config(), tmp_path / "run", resume=True)
     assert metrics["steps"] == 10 and metrics["epochs"] == 2
     assert _session_status(tmp_path / "run") == api_pb2.STATUS_SUCCESS  # ended once it ran to its end

@@ -1,4 +1,4 @@
-"""vi_lab: one decoder, trained by amortized or per-datapoint inference, and the gaps between them.
+"""vi_lab: one decoder trained by amortized, semi-amortized or per-datapoint inference, and their gaps.
 
 Subpackages, one concept each, from the ground up: `data` (the observed x), `inference`
 (the ELBO and fitting q), `models` (decoders, encoders, the two posteriors), `runs`

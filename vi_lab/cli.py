@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         commands,
         "train",
-        "train a decoder, amortized or per-datapoint",
+        "train a decoder: amortized, semi-amortized or per-datapoint",
         "Trains from a config file (configs/*.yaml hold only what differs from the defaults) with "
         "a.b=value overrides, into a run folder: config.yaml, checkpoints, metrics.json and "
         "TensorBoard events. --resume continues a stopped run from its last checkpoint.",

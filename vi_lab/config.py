@@ -47,6 +47,7 @@ class Likelihood(str, Enum):
 class InferenceKind(str, Enum):
     amortized = "amortized"  # an encoder predicts q (a VAE)
     local = "local"  # every training example owns its q (coordinate ascent)
+    semi_amortized = "semi_amortized"  # the encoder's q refined by K steps (Kim et al. 2018)
 
 
 class Estimator(str, Enum):
@@ -163,11 +164,44 @@ class InnerLoopConfig(LocalFitConfig):
     reset_state: bool = False  # fresh Adam moments at every visit (True) or kept across visits
 
 
+class RefineOptimizer(str, Enum):
+    sgd = "sgd"  # plain gradient ascent: lambda + lr * grad
+    adam = "adam"  # Adam with fresh moments at every minibatch (Kingma & Ba 2015)
+
+
+class EncoderGradient(str, Enum):
+    stop_gradient = "stop_gradient"  # the encoder learns from its own q's ELBO (Krishnan et al. 2018)
+    backprop = "backprop"  # through the K steps, second-order terms included (Kim et al. 2018)
+
+
+@dataclass
+class RefineStepsConfig:
+    """The K steps that refine the encoder's q before each decoder step (semi_amortized only).
+
+    See `inference/unrolled.py`. The decoder always learns from the refined q; the encoder
+    from its own q (`stop_gradient`) or from the refined q through the steps (`backprop`).
+    """
+
+    num_steps: int = 5  # K; 0 trains exactly as an amortized run
+    lr: float = 0.05  # step size
+    optimizer: RefineOptimizer = RefineOptimizer.adam
+    num_samples: int = 1  # Monte Carlo samples per step's gradient
+    encoder_gradient: EncoderGradient = EncoderGradient.stop_gradient
+    max_grad_norm: float = 5.0  # per point, on each step's gradient and the gradient back through it; 0: off
+
+    def check(self) -> None:
+        require(self.num_steps >= 0, "num_steps", "must be >= 0")
+        require(self.lr > 0, "lr", "must be positive")
+        require(self.num_samples > 0, "num_samples", "must be positive")
+        require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0: no clipping)")
+
+
 @dataclass
 class InferenceConfig:
     kind: InferenceKind = InferenceKind.amortized
     num_samples: int = 1  # Monte Carlo samples of the training ELBO
-    inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)
+    inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)  # local only
+    refine: RefineStepsConfig = field(default_factory=RefineStepsConfig)  # semi_amortized only
 
     def check(self) -> None:
         require(self.num_samples > 0, "num_samples", "must be positive")
@@ -250,6 +284,7 @@ class TrainConfig:
     valid_num_samples: int = 500  # K of the importance-weighted log p(x) at validation
     gaps_every: int = 0  # epochs between row-gap measurements on training points (0: never)
     gaps_num_points: int = 200  # the fixed training subset: the first rows of the training split
+    max_grad_norm: float = 0.0  # clip the total gradient norm of each step (0: off; Kim et al. 2018 use 5)
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "log_every", "num_images", "valid_every"):
@@ -260,6 +295,7 @@ class TrainConfig:
         require(0 <= self.lr_min <= self.lr, "lr_min", "must lie in [0, train.lr]")
         require(self.kl_warmup_epochs >= 0, "kl_warmup_epochs", "must be >= 0")
         require(self.gaps_every >= 0, "gaps_every", "must be >= 0")
+        require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0: no clipping)")
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """`train(config, run_dir) -> metrics`: the one training entry point (CLI, tests, Optuna).
 
-Per minibatch (x, idx): `posterior.update` does the work that precedes a decoder step
-(the per-datapoint inner loop, or nothing for an encoder), then one Adam step on the
-negative minibatch ELBO moves the decoder (and the encoder, when there is one). This is
-block coordinate ascent on the ELBO for local runs (Bishop 2006, Sec. 10.1.1) and joint
-VAE training for amortized runs (Kingma & Welling 2014, Algorithm 1), with the same loop.
+Per minibatch (x, idx): `posterior.training_terms` does the work that precedes a decoder
+step (the per-datapoint inner loop, K refinement steps of the encoder's q, or nothing for
+an encoder) and returns the per-example objective; one Adam step on its negative mean moves
+the decoder (and the encoder, when there is one). This is block coordinate ascent on the
+ELBO for local runs (Bishop 2006, Sec. 10.1.1), joint VAE training for amortized runs
+(Kingma & Welling 2014, Algorithm 1) and semi-amortized training (Kim et al. 2018,
+Algorithm 1), with the same loop; `train.max_grad_norm` clips the step's total gradient
+norm in every mode.
 KL warm-up weights the KL term of the training objective by beta (`runs/schedule.py`);
 every reported bound has beta = 1.
 
@@ -37,7 +40,6 @@ from tqdm import tqdm
 from vi_lab.config import Config, Precision, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.evaluation.validation import VALID_KEYS, NonFiniteValidation, row_gap, validate, validation_images
-from vi_lab.inference.objectives import elbo
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
@@ -152,22 +154,24 @@ def train_step(
     idx: Tensor,
     beta: float,
     num_samples: int,
+    max_grad_norm: float = 0.0,
     precision: Precision = Precision.float32,
 ) -> dict[str, Tensor]:
     """One decoder step on a minibatch; returns the per-example terms to log, each (B,).
 
-    With `precision` bf16 its forward passes (the inner loop's included) run under bf16
-    autocast (CUDA only: `runtime.check_precision`); parameters and Adam stay float32.
+    `max_grad_norm` > 0 clips the total gradient norm (Pascanu et al. 2013). With
+    `precision` bf16 the forward passes (an inner loop's included) run under bf16 autocast
+    (CUDA only: `runtime.check_precision`); parameters and Adam stay float32.
     """
     with autocast(precision, x.device):
-        stats = model.posterior.update(model.decoder, x, idx, beta)
-        loc, log_scale = model.posterior(x, idx)
-        terms = elbo(model.decoder, x, loc, log_scale, num_samples)
-        loss = -(terms["recon"] - beta * terms["kl"]).mean()
+        terms = model.posterior.training_terms(model.decoder, x, idx, beta, num_samples)
+        loss = -terms.pop("objective").mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
-    return {**terms, **stats}
+    return terms
 
 
 def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
@@ -212,7 +216,14 @@ def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int) -> None:
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(train, position.step, train.epochs * steps_per_epoch)
         values = train_step(
-            run.model, run.optimizer, x, idx, beta, config.inference.num_samples, config.runtime.precision
+            run.model,
+            run.optimizer,
+            x,
+            idx,
+            beta,
+            config.inference.num_samples,
+            train.max_grad_norm,
+            config.runtime.precision,
         )
         run.window.add(values, x.shape[0])
         position.batch, position.step, position.examples = (

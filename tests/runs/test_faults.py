@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from vi_lab import train as training
 from vi_lab.config import load_config
 from vi_lab.evaluation.evaluate import evaluate_run
+from vi_lab.inference import objectives
 from vi_lab.runs.checkpoint import CheckpointError, CheckpointFallbackWarning, load_checkpoint
 
 ROOT = Path(__file__).parents[2]
@@ -195,7 +196,7 @@ def test_folder_with_leftovers_of_a_failed_start_is_refused(tmp_path, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("crash before the first checkpoint")
 
-    monkeypatch.setattr(training, "elbo", broken)
+    monkeypatch.setattr(objectives, "elbo", broken)
     with pytest.raises(RuntimeError, match="crash"):
         training.train(_config(), run_dir)
     assert (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoint.pt").exists()

@@ -27,10 +27,12 @@ from vi_lab.runs.folder import load_run
 
 ROWS = [
     ("elbo_amortized", "L[q] (encoder)"),
+    ("elbo_inferred", "L[q] (posterior's own inference)"),
     ("elbo_refined", "L[q*] (refined)"),
     ("log_px", "log p(x)"),
     ("log_px_exact", "log p(x) exact"),
     ("amortization_gap", "amortization gap"),
+    ("inferred_gap", "gap after own inference"),
     ("approximation_gap", "approximation gap"),
     ("inference_gap", "inference gap"),
 ]
@@ -121,6 +123,7 @@ def format_budget_table(histories: list[list[dict[str, Any]]], names: list[str])
 
 TRAINING_ROWS = [
     ("train ELBO (last epoch)", lambda m: f"{m['train_elbo']:.2f}"),
+    ("train ELBO of the encoder's q", lambda m: _value(m, "train_elbo_encoder")),
     ("epochs / decoder steps", lambda m: f"{m['epochs']} / {m['steps']}"),
     (
         "train seconds / examples per s",
@@ -149,7 +152,9 @@ def format_table(
     """Markdown: one column per run; gap rows in nats per datapoint (± standard error)."""
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, cell in TRAINING_ROWS if training else []:
-        lines.append(f"| {label} | " + " | ".join(cell(m) for m in training) + " |")
+        cells = [cell(m) for m in training]
+        if any(c != "—" for c in cells):  # a row no run has (e.g. the encoder's train ELBO) is left out
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     shown = [(key, label) for key, label in ROWS if any(s.get(key) is not None for s in summaries)]
     for key, label in shown:
         lines.append(f"| {label} | " + " | ".join(_value(s, key) for s in summaries) + " |")

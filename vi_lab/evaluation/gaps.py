@@ -3,6 +3,11 @@
     amortization gap  = L[q*] - L[q]        (encoder q vs the best q of its family)
     approximation gap = log p(x) - L[q*]    (the family vs the true posterior)
     inference gap     = log p(x) - L[q]
+and, for every kind of posterior, the gap left by its own inference on new points,
+    inferred gap      = L[q*] - L[q_inferred]
+with q_inferred = `posterior.infer`: the encoder's q (amortized), the encoder's q after
+the K training-time steps (semi-amortized: what the decoder learned from), the training
+inner loop run from the prior (per-datapoint).
 L[q*] comes from test-time refinement (`inference/refine.py`), log p(x) from the importance-
 weighted bound (`iwae.py`) or AIS (`ais.py`) with the refined q as proposal. Means
 are per datapoint in nats, each with the standard error of its per-point values.
@@ -35,6 +40,7 @@ ELBO_SAMPLES = 100  # Monte Carlo samples behind each reported per-point ELBO
 @dataclass
 class GapReport:
     elbo_amortized: Tensor | None  # (N,) L[q], None without an encoder
+    elbo_inferred: Tensor  # (N,) L[q_inferred], q from `posterior.infer`
     elbo_refined: Tensor  # (N,) L[q*]
     log_px: Tensor  # (N,) log p^(x)
     log_px_exact: Tensor | None  # (N,) for the linear-Gaussian decoder
@@ -50,6 +56,7 @@ class GapReport:
     def per_point(self) -> dict[str, np.ndarray]:
         values = {
             "elbo_amortized": self.elbo_amortized,
+            "elbo_inferred": self.elbo_inferred,
             "elbo_refined": self.elbo_refined,
             "log_px": self.log_px,
             "log_px_exact": self.log_px_exact,
@@ -58,6 +65,7 @@ class GapReport:
         if self.elbo_amortized is not None:
             values["amortization_gap"] = self.elbo_refined - self.elbo_amortized
             values["inference_gap"] = self.log_px - self.elbo_amortized
+        values["inferred_gap"] = self.elbo_refined - self.elbo_inferred
         values["approximation_gap"] = self.log_px - self.elbo_refined
         return {k: v.detach().cpu().numpy() for k, v in values.items() if v is not None}
 
@@ -66,10 +74,12 @@ class GapReport:
         result: dict[str, Any] = {}
         for name in (
             "elbo_amortized",
+            "elbo_inferred",
             "elbo_refined",
             "log_px",
             "log_px_exact",
             "amortization_gap",
+            "inferred_gap",
             "approximation_gap",
             "inference_gap",
         ):
@@ -119,6 +129,9 @@ def measure_gaps(
             start = gaussian.standard_normal_params(x.shape[0], decoder.latent_dim, x.device)
         else:
             start = guess
+    inferred = map_points(lambda x: posterior.infer(decoder, x), x, size=config.batch_size)
+    with torch.no_grad():
+        elbo_inferred = chunked_elbo(decoder, x, *inferred, config.batch_size, ELBO_SAMPLES)
     refined = refine(decoder, x, *start, config.refine, config.batch_size, progress)
     started = time.perf_counter()
     with torch.no_grad():
@@ -151,6 +164,7 @@ def measure_gaps(
         torch.cuda.synchronize(x.device)
     return GapReport(
         elbo_amortized=elbo_amortized,
+        elbo_inferred=elbo_inferred,
         elbo_refined=elbo_refined,
         log_px=log_px,
         log_px_exact=exact,

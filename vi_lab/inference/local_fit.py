@@ -118,6 +118,32 @@ def window_gain(
     return diff.mean(0), diff.std(0) / math.sqrt(num_samples)
 
 
+def adam_step(
+    params: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr: Tensor,
+    active: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Adam ascent step of each row: new (params, exp_avg, exp_avg_sq, step), inputs untouched.
+
+    params, grad and the moments are (N, 2, D); step, lr and active are (N,). A row with
+    active = 0 keeps its parameters and state. Kingma & Ba (2015), Algorithm 1, in its
+    efficient form (both bias corrections in the step size). Out of place, so that autograd
+    can differentiate through it (`unrolled.py`).
+    """
+    live = active[:, None, None]  # (N, 1, 1)
+    step = step + active
+    exp_avg = exp_avg.lerp(grad, live * (1 - BETA1))
+    exp_avg_sq = exp_avg_sq.lerp(grad.square(), live * (1 - BETA2))
+    count = step.clamp(min=1)
+    step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
+    params = params.addcdiv(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt() + EPS)  # (N, 2, D)
+    return params, exp_avg, exp_avg_sq, step
+
+
 def ascent_step(
     decoder: Decoder,
     x: Tensor,
@@ -130,25 +156,18 @@ def ascent_step(
     eps: Tensor,
     beta: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One Adam ascent step of every active row at noise eps (S, N, D); inputs untouched.
+    """One inner-loop step of every row at noise eps (S, N, D): the reparameterization
+    gradient, then `adam_step`; inputs untouched.
 
-    Returns (ELBO estimate (N,), params, exp_avg, exp_avg_sq, step) after the step. A row
-    with `active` 0 has weight 0 in every update, so nothing of it moves. Pure tensor code
-    with the noise given: the function that `runtime.compiled_function` compiles.
+    Returns (ELBO estimate (N,), params, exp_avg, exp_avg_sq, step) after the step. Pure
+    tensor code with the noise given: the function that `runtime.compiled_function` compiles.
     """
     estimate, grad_loc, grad_log_scale = elbo_and_gradient_at(
         decoder, x, params[:, 0], params[:, 1], eps, beta
     )  # (N,), (N, D), (N, D)
     grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
-    live = active[:, None, None]  # (N, 1, 1)
-    step = step + active
-    exp_avg = exp_avg.lerp(grad, live * (1 - BETA1))
-    exp_avg_sq = exp_avg_sq.lerp(grad.square(), live * (1 - BETA2))
-    # Kingma & Ba (2015), Algorithm 1's efficient form: both bias corrections in the step size.
-    count = step.clamp(min=1)
-    step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
-    params = params.addcdiv(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt().add_(EPS))  # (N, 2, D)
-    return estimate, params, exp_avg, exp_avg_sq, step
+    # a stopped row has weight 0 in every update, so nothing of it moves
+    return estimate, *adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active)
 
 
 def fit_local(

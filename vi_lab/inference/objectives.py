@@ -61,17 +61,39 @@ def elbo(
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 
-def elbo_and_gradient(
+def training_terms(
     decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, num_samples: int = 1, beta: float = 1.0
+) -> dict[str, Tensor]:
+    """`elbo` plus "objective" = recon - beta * KL, the per-example bound a training step
+    maximizes (beta < 1 during KL warm-up: Bowman et al. 2016), each (B,)."""
+    terms = elbo(decoder, x, loc, log_scale, num_samples)
+    terms["objective"] = terms["recon"] - beta * terms["kl"]
+    return terms
+
+
+def elbo_and_gradient(
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    num_samples: int = 1,
+    beta: float = 1.0,
+    create_graph: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-example ELBO (B,) and its reparameterization gradient w.r.t. loc and log_scale,
     on `num_samples` fresh draws of eps (see `elbo_and_gradient_at`)."""
     eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)  # (S, B, D)
-    return elbo_and_gradient_at(decoder, x, loc, log_scale, eps, beta)
+    return elbo_and_gradient_at(decoder, x, loc, log_scale, eps, beta, create_graph)
 
 
 def elbo_and_gradient_at(
-    decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, eps: Tensor, beta: float | Tensor = 1.0
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    eps: Tensor,
+    beta: float | Tensor = 1.0,
+    create_graph: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-example ELBO (B,) and its gradient w.r.t. loc and log_scale at given noise eps (S, B, D).
 
@@ -85,17 +107,24 @@ def elbo_and_gradient_at(
     through `elbo` with the same noise, at a fraction of the graph: this is the inner
     loop's hot path. The noise comes from the caller, so that a compiled copy of this
     function (`runtime.compile`) draws no random numbers of its own and matches it.
+
+    With `create_graph` the returned gradients are themselves differentiable functions of
+    loc, log_scale and the decoder's parameters (grad_z keeps its graph, z is not cut from
+    loc and log_scale): what backpropagation through refinement steps needs (Kim et al.
+    2018). The estimate is returned without a graph either way.
     """
     scale = log_scale.exp()
     with torch.enable_grad():
-        z = (loc + scale * eps).detach().requires_grad_(True)  # (S, B, D)
+        z = loc + scale * eps  # (S, B, D)
+        if not (create_graph and z.requires_grad):
+            z = z.detach().requires_grad_(True)
         recon = decoder.log_prob(x, z)  # (S, B)
-        (grad_z,) = torch.autograd.grad(recon.sum(), z)
+        (grad_z,) = torch.autograd.grad(recon.sum(), z, create_graph=create_graph)
     kl = gaussian.kl_to_standard_normal(loc, log_scale)
     kl_loc, kl_log_scale = gaussian.kl_to_standard_normal_gradient(loc, log_scale)
     grad_loc = grad_z.mean(0) - beta * kl_loc
     grad_log_scale = (grad_z * eps).mean(0) * scale - beta * kl_log_scale
-    return recon.detach().mean(0) - beta * kl, grad_loc, grad_log_scale
+    return recon.detach().mean(0) - beta * kl.detach(), grad_loc, grad_log_scale
 
 
 def chunked_elbo(

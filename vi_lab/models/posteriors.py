@@ -1,4 +1,4 @@
-"""The two posteriors behind one interface: `posterior(x, idx) -> (loc, log_scale)`.
+"""The three posteriors behind one interface: `posterior(x, idx) -> (loc, log_scale)`.
 
 - `AmortizedPosterior`: an encoder q_phi(z | x) (Kingma & Welling 2014); trained by
   the same gradient step as the decoder.
@@ -6,11 +6,15 @@
   per-row Adam state, fitted by coordinate ascent (Hoffman et al. 2013; Krishnan et al.
   2018): before each decoder step, `update` runs the inner loop on the minibatch's rows
   with the decoder frozen.
+- `SemiAmortizedPosterior`: an encoder whose q is refined by K steps before the decoder
+  learns from it (Kim et al. 2018; Krishnan, Liang & Hoffman 2018): `inference/unrolled.py`.
 
-Both also offer `update(decoder, x, idx)` (the work before a decoder step: none for an
-encoder), `infer(decoder, x)` (q for points that have no row, e.g. validation data) and
-`guess(x)` (where test-time refinement starts: the encoder's q, or the prior).
-Training, refinement and evaluation call these and never ask which kind they hold.
+All also offer `training_terms(decoder, x, idx, beta, num_samples)` (the per-example terms
+of a training step, "objective" being what the step maximizes, with whatever work precedes
+the decoder's step: the table's inner loop, the K refinement steps), `infer(decoder, x)` (q
+for points that have no row, e.g. validation data) and `guess(x)` (where test-time
+refinement starts: the encoder's q, or the prior). Training, refinement and evaluation
+call these and never ask which kind they hold.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vi_lab.config import InnerLoopConfig
+from vi_lab.config import EncoderGradient, InnerLoopConfig, RefineStepsConfig
 from vi_lab.inference import gaussian
 from vi_lab.inference.local_fit import RowState, fit_local
-from vi_lab.inference.objectives import Decoder
+from vi_lab.inference.objectives import Decoder, training_terms
+from vi_lab.inference.unrolled import refine_steps
 from vi_lab.models.encoders import Encoder
 
 
@@ -35,8 +40,10 @@ class AmortizedPosterior(nn.Module):
     def forward(self, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.encoder(x)
 
-    def update(self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
-        return {}
+    def training_terms(
+        self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0, num_samples: int = 1
+    ) -> dict[str, Tensor]:
+        return training_terms(decoder, x, *self.encoder(x), num_samples, beta)
 
     def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(x)
@@ -70,6 +77,13 @@ class LocalPosterior(nn.Module):
         params = self.params[idx]  # (B, 2, D)
         return params[:, 0], params[:, 1]
 
+    def training_terms(
+        self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0, num_samples: int = 1
+    ) -> dict[str, Tensor]:
+        """The inner loop on rows idx (`update`), then the terms of the fitted rows."""
+        stats = self.update(decoder, x, idx, beta)
+        return {**training_terms(decoder, x, *self(x, idx), num_samples, beta), **stats}
+
     def update(self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
         """Run the inner loop on rows idx; only those rows (and their state) change.
 
@@ -90,3 +104,52 @@ class LocalPosterior(nn.Module):
 
     def guess(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return gaussian.standard_normal_params(x.shape[0], self.latent_dim, x.device)
+
+
+class SemiAmortizedPosterior(nn.Module):
+    """An encoder's q refined by `refine.num_steps` steps (`inference/unrolled.py`).
+
+    The decoder learns from the refined q. The encoder learns, by `refine.encoder_gradient`:
+    - `backprop` (SA-VAE, Kim et al. 2018): from the ELBO of the refined q, through the steps;
+    - `stop_gradient` (Krishnan, Liang & Hoffman 2018): from the ELBO of its own q. Its
+      gradient there is g_0, which the first step has computed already; the surrogate
+      sum(g_0 * lambda_0) - sum(g_0 * sg(lambda_0)), of value 0, hands it to autograd.
+    With K = 0 the refined q is the encoder's q and one ELBO trains both, as in an amortized
+    run (same parameters, same random numbers).
+    """
+
+    amortized = True
+
+    def __init__(self, encoder: Encoder, refine: RefineStepsConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.refine = refine
+
+    def forward(self, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    def training_terms(
+        self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0, num_samples: int = 1
+    ) -> dict[str, Tensor]:
+        """Terms of the refined q, plus `elbo_encoder` and `elbo_refined` (their difference
+        is the amortization gap that the K steps close, measured during training)."""
+        loc, log_scale = self.encoder(x)
+        backprop = self.refine.encoder_gradient == EncoderGradient.backprop
+        steps = refine_steps(decoder, x, loc, log_scale, self.refine, beta, differentiable=backprop)
+        terms = training_terms(decoder, x, steps.loc, steps.log_scale, num_samples, beta)
+        if steps.first_grad is None:  # K = 0
+            return {**terms, "elbo_encoder": terms["elbo"], "elbo_refined": terms["elbo"]}
+        if not backprop:
+            start = torch.stack([loc, log_scale], dim=1)  # (B, 2, D)
+            surrogate = (steps.first_grad * (start - start.detach())).sum((1, 2))  # (B,) zeros
+            terms["objective"] = terms["objective"] + surrogate
+        return {**terms, "elbo_encoder": steps.first_elbo, "elbo_refined": terms["elbo"]}
+
+    def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder's q refined by the same K steps as in training, outside any graph."""
+        with torch.no_grad():
+            steps = refine_steps(decoder, x, *self.encoder(x), self.refine)
+        return steps.loc, steps.log_scale
+
+    def guess(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)

@@ -28,6 +28,7 @@ MAY_CHANGE = (
     "eval.",
     "inference.num_samples",
     "inference.inner.",
+    "inference.refine.",
     "progress",
     "device",
     "runtime.",
