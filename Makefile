@@ -55,6 +55,6 @@ lint:
 	$(PYTHON) -m ruff check vi_lab tests benchmarks
 	$(PYTHON) -m ruff format --check vi_lab tests benchmarks
 
+# One markdown table (benchmarks/run_all.py): ours against a reference, row by row, with the machine.
 bench: install
-	$(PYTHON) benchmarks/throughput.py
-	$(PYTHON) benchmarks/evaluation.py
+	$(PYTHON) -m benchmarks.run_all

@@ -1,34 +1,54 @@
-"""Evaluation cost on Fashion-MNIST: refinement and IWAE points/s, and IWAE's peak memory.
+"""Evaluation that scales: refinement and IWAE-5000 time and peak memory as the points grow.
 
-Model: the Cremer et al. (2018) decoder (z=50, MLP 200-200, Bernoulli), untrained
-weights (the cost does not depend on them). Peak memory is the rise above the level
-before the call: on CUDA from torch's allocator statistics, on CPU from the resident set
-size sampled every millisecond from /proc/self/statm while the call runs.
+Model: the Cremer et al. (2018) decoder (z=50, MLP 200-200, Bernoulli), untrained weights
+(the cost per step does not depend on them; the number of refinement steps does, so the
+refinement figures are those of this decoder). Sizes are measured in the order N, 2N, N
+(the two N runs averaged), once each:
+- refinement (`eval.refine`, chunks of `eval.batch_size` points): seconds per point at 2N
+  against N (linear: 1.0), and its time against the cost of the steps its rows took
+  (every row paying only its own steps, at the per-row cost of a full chunk): how little
+  the rows that stopped cost (the working set is compacted once most rows are done);
+- IWAE with the refined q as proposal: seconds per point at 2N against N, and its peak
+  memory against the memory budget;
+- both extrapolated linearly to the 10,000 test points (labelled as such).
+Peak memory is the rise above the level before the call: on CUDA from torch's allocator
+statistics, on CPU from the resident set size sampled every millisecond from
+/proc/self/statm while the call runs (glibc set to return freed tensors to the system, so
+memory an earlier call left in the heap cannot hide a later call's peak).
 
-Run: python benchmarks/evaluation.py [--points 1000] [--budget-mb 512]
+Run: python -m benchmarks.evaluation [--points N] [--samples K] [--budget-mb MB] [--all-points]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from vi_lab.config import load_config
+from benchmarks.table import Row, machine, markdown
+from benchmarks.throughput import inner_step_seconds
+from vi_lab.chunking import memory_budget_mb
+from vi_lab.config import Config, load_config
 from vi_lab.data.datasets import load_data
 from vi_lab.evaluation.iwae import iwae_log_marginal
 from vi_lab.inference.gaussian import standard_normal_params
-from vi_lab.inference.refine import refine
-from vi_lab.models.decoders import build_decoder
+from vi_lab.inference.refine import Refined, refine
+from vi_lab.models.decoders import NeuralDecoder, build_decoder
 from vi_lab.runtime import resolve_device
 
 ROOT = Path(__file__).parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TEST_POINTS = 10_000
 
 
 def _rss_bytes() -> int:
@@ -36,16 +56,16 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * PAGE
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """(seconds, peak MB above the starting level) of one call."""
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[object, float, float]:
+    """(result, seconds, peak MB above the starting level) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         started = time.perf_counter()
-        fn()
+        result = fn()
         torch.cuda.synchronize(device)
-        return time.perf_counter() - started, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return result, time.perf_counter() - started, (torch.cuda.max_memory_allocated(device) - base) / 2**20
     base, peak, done = _rss_bytes(), [0], threading.Event()
 
     def watch() -> None:
@@ -56,53 +76,171 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[floa
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.perf_counter()
-    fn()
+    result = fn()
     seconds = time.perf_counter() - started
     done.set()
     watcher.join()
-    return seconds, max(peak[0] - base, 0) / 2**20
+    return result, seconds, max(peak[0] - base, 0) / 2**20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--points", type=int, default=200, help="N: sizes N and 2N are measured")
+    group.add_argument("--samples", type=int, default=5000, help="K of IWAE")
+    group.add_argument(
+        "--budget-mb", type=float, default=None, help="IWAE memory budget (default: the device's)"
+    )
+    group.add_argument("--batch-size", type=int, default=None, help="points refined together (default: N)")
+    group.add_argument(
+        "--all-points",
+        action="store_true",
+        help="instead: refinement + IWAE once on the whole test split (chunks of eval.batch_size)",
+    )
+
+
+@dataclass
+class Cost:
+    """What refinement and then IWAE cost on one set of points."""
+
+    num_points: int
+    refine_seconds: float
+    point_steps: int  # steps taken, summed over the points
+    refine_mb: float  # peak rise
+    iwae_seconds: float
+    iwae_mb: float
+
+
+def measure(
+    decoder: NeuralDecoder, x: Tensor, config: Config, batch_size: int, samples: int, budget: float
+) -> Cost:
+    """Refine q from the prior on x, then IWAE with the refined q as proposal."""
+    device = x.device
+    start = standard_normal_params(x.shape[0], decoder.latent_dim, device)
+    refined, _, refine_mb = peak_memory_mb(
+        lambda: refine(decoder, x, *start, config.eval.refine, batch_size), device
+    )
+    assert isinstance(refined, Refined)
+    _, iwae_seconds, iwae_mb = peak_memory_mb(
+        lambda: iwae_log_marginal(
+            decoder, x, refined.loc, refined.log_scale, samples, memory_budget_mb=budget
+        ),
+        device,
+    )
+    return Cost(x.shape[0], refined.seconds, int(refined.steps.sum()), refine_mb, iwae_seconds, iwae_mb)
+
+
+def whole_split_row(
+    decoder: NeuralDecoder, x: Tensor, config: Config, args: argparse.Namespace, budget: float
+) -> Row:
+    """Refinement + IWAE measured once on every test point, in chunks of `eval.batch_size`."""
+    batch_size = args.batch_size or config.eval.batch_size
+    cost = measure(decoder, x, config, batch_size, args.samples, budget)
+    return Row(
+        f"refinement + IWAE K={args.samples}, all {cost.num_points} test points (chunks of {batch_size})",
+        f"{(cost.refine_seconds + cost.iwae_seconds) / 60:.1f} min ({cost.refine_seconds / 60:.1f} + "
+        f"{cost.iwae_seconds / 60:.1f}), peak +{cost.refine_mb:.0f} MB / +{cost.iwae_mb:.0f} MB",
+        f"IWAE budget {budget:.0f} MB",
+        cost.iwae_mb / budget,
+        goal="<= 1",
+    )
+
+
+def return_freed_memory() -> None:
+    """glibc: serve every allocation over 64 KB by mmap (mallopt M_MMAP_THRESHOLD, which also
+    stops the threshold from growing), so freed tensors leave the resident set and each
+    call's peak is its own, not hidden by memory an earlier call left in the heap."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # -3: M_MMAP_THRESHOLD
+
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        return_freed_memory()
+    config = load_config(ROOT / "configs" / "amortized.yaml")
+    n1, n2 = args.points, 2 * args.points
+    x_all = load_data(config.data, device).x["test"][:n2]
+    torch.manual_seed(0)
+    decoder = build_decoder(config.model, 784, (1, 28, 28)).to(device).requires_grad_(False)
+    budget = memory_budget_mb(device) if args.budget_mb is None else args.budget_mb
+    batch_size = args.batch_size or args.points
+    if args.all_points:
+        return [whole_split_row(decoder, load_data(config.data, device).x["test"], config, args, budget)]
+
+    # N, 2N, N: the two N runs bracket the 2N one in time (drift, first-call costs).
+    first, big, last = (
+        measure(decoder, x_all[:n], config, batch_size, args.samples, budget) for n in (n1, n2, n1)
+    )
+    small = Cost(
+        n1,
+        (first.refine_seconds + last.refine_seconds) / 2,
+        (first.point_steps + last.point_steps) // 2,
+        max(first.refine_mb, last.refine_mb),
+        (first.iwae_seconds + last.iwae_seconds) / 2,
+        max(first.iwae_mb, last.iwae_mb),
+    )
+    # What the rows' own steps cost at the per-row price of a full chunk (a fixed-length fit).
+    row_step = (
+        statistics.median(
+            inner_step_seconds(decoder, x_all[:batch_size], config.eval.refine.num_samples, 10)
+            for _ in range(3)
+        )
+        / batch_size
+    )
+
+    def refinement(cost: Cost) -> str:
+        return (
+            f"{cost.refine_seconds / cost.point_steps * 1e3:.3f} ms "
+            f"({cost.refine_seconds / cost.num_points:.3f} s/point), peak +{cost.refine_mb:.0f} MB"
+        )
+
+    per_point = (big.refine_seconds + big.iwae_seconds) / n2
+    return [
+        Row(
+            f"refinement, ms/point-step at {n2} vs {n1} points (chunks of {batch_size})",
+            refinement(big),
+            refinement(small),
+            (big.refine_seconds / big.point_steps) / (small.refine_seconds / small.point_steps),
+            goal="≈ 1 (linear)",
+        ),
+        Row(
+            f"refinement vs its rows' own steps ({n2} points)",
+            f"{big.refine_seconds:.1f} s",
+            f"{big.point_steps} point-steps x {row_step * 1e3:.3f} ms = {big.point_steps * row_step:.1f} s",
+            big.refine_seconds / (big.point_steps * row_step),
+            goal="<= 1.3",
+        ),
+        Row(
+            f"IWAE K={args.samples}, s/point at {n2} vs {n1} points",
+            f"{big.iwae_seconds / n2:.3f} s/point, peak +{big.iwae_mb:.0f} MB",
+            f"{small.iwae_seconds / n1:.3f} s/point, peak +{small.iwae_mb:.0f} MB",
+            (big.iwae_seconds / n2) / (small.iwae_seconds / n1),
+            goal="≈ 1 (linear)",
+        ),
+        Row(
+            f"IWAE K={args.samples} peak memory vs budget ({n2} points)",
+            f"+{big.iwae_mb:.0f} MB",
+            f"budget {budget:.0f} MB",
+            big.iwae_mb / budget,
+            goal="<= 1",
+        ),
+        Row(
+            f"refinement + IWAE K={args.samples} on {TEST_POINTS} points, EXTRAPOLATED from {n2}",
+            f"{per_point * TEST_POINTS / 60:.0f} min ({big.refine_seconds / n2 * TEST_POINTS / 60:.0f} "
+            f"+ {big.iwae_seconds / n2 * TEST_POINTS / 60:.0f})",
+            "–",
+            None,
+        ),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=1000)
-    parser.add_argument("--samples", type=int, default=5000)
-    parser.add_argument("--budget-mb", type=float, default=512.0)
-    parser.add_argument("--refine-points", type=int, default=500)
     parser.add_argument("--device", default="auto")
+    add_arguments(parser)
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    config = load_config(ROOT / "configs" / "amortized.yaml")
-    x = load_data(config.data, device).x["test"][: args.points]
-    torch.manual_seed(0)
-    decoder = build_decoder(config.model, 784, (1, 28, 28)).to(device)
-    decoder.requires_grad_(False)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-
-    xr = x[: args.refine_points]
-    refined = refine(
-        decoder, xr, *standard_normal_params(xr.shape[0], 50, device), config.eval.refine, progress=True
-    )
-    steps = refined.steps.float().mean().item()
-    print(
-        f"refinement (S={config.eval.refine.num_samples}): {xr.shape[0]} points, "
-        f"{steps:.0f} steps on average, "
-        f"{refined.seconds:.1f} s -> {xr.shape[0] / refined.seconds:.1f} points/s, "
-        f"{xr.shape[0] * steps / refined.seconds:.0f} point-steps/s"
-    )
-
-    loc, log_scale = refined.loc[:1].expand(x.shape[0], -1), refined.log_scale[:1].expand(x.shape[0], -1)
-    warm = slice(0, 100)  # a short warm-up, so neither budget pays for first-call costs
-    iwae_log_marginal(decoder, x[warm], loc[warm], log_scale[warm], 500, memory_budget_mb=args.budget_mb / 8)
-    for budget in (args.budget_mb / 8, args.budget_mb):  # smallest first: freed memory stays in the process
-        seconds, peak = peak_memory_mb(
-            lambda b=budget: iwae_log_marginal(decoder, x, loc, log_scale, args.samples, memory_budget_mb=b),
-            device,
-        )
-        print(
-            f"IWAE K={args.samples} on {x.shape[0]} points, budget {budget:.0f} MB: {seconds:.1f} s -> "
-            f"{x.shape[0] / seconds:.1f} points/s, peak {peak:.0f} MB above start"
-        )
+    print(machine())
+    print(markdown(rows(args)))
 
 
 if __name__ == "__main__":

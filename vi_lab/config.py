@@ -230,7 +230,7 @@ class EvalConfig:
     num_samples: int = 5000  # K of the importance-weighted bound
     init: RefineInit = RefineInit.auto
     batch_size: int = 500  # points refined together
-    memory_budget_mb: float | None = None  # MB per chunk of log p(x) work; null: runtime.memory_budget_mb
+    memory_budget_mb: float | None = None  # MB per chunk of log p(x) work; null: chunking.memory_budget_mb
     refine: LocalFitConfig = field(
         default_factory=lambda: LocalFitConfig(
             max_steps=5000, lr=0.1, num_samples=10, check_every=50, check_samples=16, tol=0.05, num_decays=7
@@ -248,6 +248,20 @@ class EvalConfig:
             "memory_budget_mb",
             "must be positive or null (null: a default for the device)",
         )
+
+
+class Precision(str, Enum):
+    float32 = "float32"
+    bf16 = "bf16"  # bfloat16 autocast of the training steps, CUDA only; evaluation stays float32
+
+
+@dataclass
+class RuntimeConfig:
+    """How the same computation executes; the numbers stay those of the default up to rounding
+    (bf16 aside: docs/performance.md measures its effect on the bounds)."""
+
+    compile: bool = False  # torch.compile the per-datapoint inner-loop step (CUDA graphs on a GPU)
+    precision: Precision = Precision.float32
 
 
 class LRSchedule(str, Enum):
@@ -294,6 +308,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def check(self) -> None:
         require(

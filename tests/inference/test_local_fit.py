@@ -193,3 +193,43 @@ def test_the_check_compares_the_same_noise_for_both_windows(linear_model, linear
     params = torch.randn(50, 2, 4) * 0.3
     gain, se = window_gain(linear_model, linear_data[:50], params, params.clone(), 8)
     assert torch.equal(gain, torch.zeros(50)) and torch.equal(se, torch.zeros(50))
+
+
+class _GradientPassCounter:
+    """A decoder that counts the (sample, row) pairs of its gradient passes (z requires grad)."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder, self.latent_dim, self.pairs = decoder, decoder.latent_dim, 0
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if z.requires_grad:
+            self.pairs += z.shape[0] * z.shape[1]
+        return self.decoder.log_prob(x, z)
+
+
+def test_rows_that_stopped_cost_no_gradient_passes(linear_model, linear_data):
+    """38 rows start at q* and stop after about 300 steps; 2 start far away and take about
+    1000. The working set is compacted once half its rows are done, so the gradient passes
+    cost at most twice the rows' own steps (each step carries at most twice the active
+    rows), under half of carrying every row to the last step; every row keeps its own result."""
+    torch.manual_seed(4)
+    x = linear_data[:40]
+    loc, log_scale = linear_model.best_diagonal(x)
+    with torch.no_grad():
+        loc[:2] += 30.0  # about 300 steps of lr 0.1 away
+    counter = _GradientPassCounter(linear_model)
+    config = replace(EvalConfig().refine, max_steps=3000, check_every=20, num_decays=2)
+    fit = fit_local(counter, x, RowState.start_at(loc, log_scale), config)
+    samples = config.num_samples
+    assert counter.pairs <= 2 * samples * fit.steps.sum().item()
+    carried = samples * 40 * fit.steps.max().item()  # without compaction
+    assert counter.pairs < 0.5 * carried, (counter.pairs, carried)
+    # compact=False (a decoder closing over per-row data): every row rides to the last step
+    uncompacted = _GradientPassCounter(linear_model)
+    kept = fit_local(uncompacted, x, RowState.start_at(loc, log_scale), config, compact=False)
+    assert uncompacted.pairs == samples * 40 * kept.steps.max().item()
+    # Every row is back in its place, near its own q* (two halvings leave some Adam jitter);
+    # a row put in another row's place would be nats away (the negative control).
+    gap = _gap_to_best(linear_model, x, fit.state.loc, fit.state.log_scale)
+    swapped = _gap_to_best(linear_model, x, fit.state.loc.roll(1, 0), fit.state.log_scale.roll(1, 0))
+    assert gap.max() < 0.5 < swapped.median() and not fit.capped.any(), (gap.max(), swapped.median())

@@ -40,7 +40,8 @@ from torch import Tensor
 
 from vi_lab.config import LocalFitConfig
 from vi_lab.inference import gaussian
-from vi_lab.inference.objectives import Decoder, elbo_and_gradient
+from vi_lab.inference.objectives import Decoder, elbo_and_gradient_at
+from vi_lab.runtime import compiled_function
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
@@ -143,22 +144,65 @@ def adam_step(
     return params, exp_avg, exp_avg_sq, step
 
 
+def ascent_step(
+    decoder: Decoder,
+    x: Tensor,
+    params: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    active: Tensor,
+    lr: Tensor,
+    eps: Tensor,
+    beta: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One inner-loop step of every row at noise eps (S, N, D): the reparameterization
+    gradient, then `adam_step`; inputs untouched.
+
+    Returns (ELBO estimate (N,), params, exp_avg, exp_avg_sq, step) after the step. Pure
+    tensor code with the noise given: the function that `runtime.compiled_function` compiles.
+    """
+    estimate, grad_loc, grad_log_scale = elbo_and_gradient_at(
+        decoder, x, params[:, 0], params[:, 1], eps, beta
+    )  # (N,), (N, D), (N, D)
+    grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
+    # a stopped row has weight 0 in every update, so nothing of it moves
+    return estimate, *adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active)
+
+
 def fit_local(
-    decoder: Decoder, x: Tensor, rows: RowState, config: LocalFitConfig, beta: float = 1.0
+    decoder: Decoder,
+    x: Tensor,
+    rows: RowState,
+    config: LocalFitConfig,
+    beta: float = 1.0,
+    compiled: bool = False,
+    compact: bool = True,
 ) -> FitResult:
     """Maximize each row's ELBO with the decoder frozen; returns new rows (inputs untouched).
 
     `beta` weights the KL term of the objective (KL warm-up during training; 1 for every
     reported bound). Rows are masked arithmetically (weight 0 for stopped rows) rather
     than by indexing, so every step is the same few fused tensor operations whatever the
-    mix of rows.
+    mix of rows. With `compact`, once most rows of the working set have stopped (at a
+    check), the working set is compacted to the rows still going, so that stopped rows cost
+    no decoder passes; this needs a decoder that scores each row of x on its own (not one
+    that closes over per-row data such as a mask: pass compact=False for those).
+    `compiled` runs each step through `runtime.compiled_function` (torch.compile; CUDA
+    graphs on a GPU): the same numbers up to floating-point rounding.
     """
     num_rows = x.shape[0]
-    params, exp_avg, exp_avg_sq, step = rows.params, rows.exp_avg, rows.exp_avg_sq, rows.step
-    active = torch.ones(num_rows, device=x.device)  # (N,) 1 while a row is optimized, then 0
+    ascent = compiled_function(ascent_step, x.device) if compiled else ascent_step
+    beta_t = torch.tensor(float(beta), device=x.device)
+    result = RowState(rows.params.clone(), rows.exp_avg.clone(), rows.exp_avg_sq.clone(), rows.step.clone())
+    last = torch.empty(num_rows, dtype=rows.params.dtype, device=x.device)  # (N,) last ELBO estimates
+    capped = torch.zeros(num_rows, dtype=torch.bool, device=x.device)
+    where = torch.arange(num_rows, device=x.device)  # the working rows' places among all rows
+    params, exp_avg, exp_avg_sq, step = result.params, result.exp_avg, result.exp_avg_sq, result.step
+    active = torch.ones(num_rows, device=x.device)  # (n,) 1 while a row is optimized, then 0
     lr = torch.full((num_rows,), config.lr, device=x.device)
     decays_left = torch.full((num_rows,), float(config.num_decays), device=x.device)
-    anchor = params.clone()  # (N, 2, D) the rows at the start of the current window
+    anchor = params.clone()  # (n, 2, D) the rows at the start of the current window
     gains = torch.zeros(num_rows, config.stop_windows, device=x.device)  # recent window gains
     windows = torch.zeros(num_rows, device=x.device)  # windows since the last step-size change
     num_checks = 0
@@ -166,16 +210,20 @@ def fit_local(
     # that (the training default) takes its whole budget and skips the checks' cost.
     can_decide = config.num_decays > 0 or (config.max_steps - 1) // config.check_every >= config.stop_windows
 
+    def store() -> None:
+        """Write the working rows back among all rows."""
+        result.put_rows(where, RowState(params, exp_avg, exp_avg_sq, step))
+        last[where] = estimate
+        capped[where] = active.bool()
+
     for t in range(config.max_steps):
         with torch.no_grad():
-            estimate, grad_loc, grad_log_scale = elbo_and_gradient(
-                decoder, x, params[:, 0], params[:, 1], config.num_samples, beta
-            )  # (N,), (N, D), (N, D)
+            eps = torch.randn((config.num_samples, *params[:, 0].shape), dtype=params.dtype, device=x.device)
+            estimate, params, exp_avg, exp_avg_sq, step = ascent(
+                decoder, x, params, exp_avg, exp_avg_sq, step, active, lr, eps, beta_t
+            )
             if t == 0:
                 first = estimate
-            grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
-            # a stopped row has weight 0 in every update, so nothing of it moves
-            params, exp_avg, exp_avg_sq, step = adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active)
 
             if can_decide and (t + 1) % config.check_every == 0 and t + 1 < config.max_steps:
                 num_checks += 1
@@ -197,7 +245,15 @@ def fit_local(
                 decays_left -= decay.float()
                 windows.masked_fill_(decay, 0)
                 active.masked_fill_(stop, 0)
-                if not active.any():
+                num_active = int(active.sum())
+                if num_active == 0:
                     break
-    state = RowState(params, exp_avg, exp_avg_sq, step)
-    return FitResult(state, first, estimate, (step - rows.step).long(), active.bool())
+                if compact and 2 * num_active <= active.shape[0]:  # most working rows are done
+                    store()
+                    keep = active.nonzero().squeeze(1)  # (n',)
+                    where, x = where[keep], x[keep]
+                    params, exp_avg, exp_avg_sq = params[keep], exp_avg[keep], exp_avg_sq[keep]
+                    step, active, lr, decays_left = step[keep], active[keep], lr[keep], decays_left[keep]
+                    anchor, gains, windows = anchor[keep], gains[keep], windows[keep]
+    store()
+    return FitResult(result, first, last, (result.step - rows.step).long(), capped)

@@ -80,7 +80,22 @@ def elbo_and_gradient(
     beta: float = 1.0,
     create_graph: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-example ELBO (B,) and its reparameterization gradient w.r.t. loc and log_scale.
+    """Per-example ELBO (B,) and its reparameterization gradient w.r.t. loc and log_scale,
+    on `num_samples` fresh draws of eps (see `elbo_and_gradient_at`)."""
+    eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)  # (S, B, D)
+    return elbo_and_gradient_at(decoder, x, loc, log_scale, eps, beta, create_graph)
+
+
+def elbo_and_gradient_at(
+    decoder: Decoder,
+    x: Tensor,
+    loc: Tensor,
+    log_scale: Tensor,
+    eps: Tensor,
+    beta: float | Tensor = 1.0,
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-example ELBO (B,) and its gradient w.r.t. loc and log_scale at given noise eps (S, B, D).
 
     With `beta` != 1 the KL term is weighted by beta (the objective of KL warm-up).
 
@@ -90,7 +105,8 @@ def elbo_and_gradient(
         d/dlog_scale = E[grad_z log p(x|z) * eps] * s    - (s^2 - 1)
     where the last terms are -dKL(q || N(0, I)). Same values and gradients as autograd
     through `elbo` with the same noise, at a fraction of the graph: this is the inner
-    loop's hot path.
+    loop's hot path. The noise comes from the caller, so that a compiled copy of this
+    function (`runtime.compile`) draws no random numbers of its own and matches it.
 
     With `create_graph` the returned gradients are themselves differentiable functions of
     loc, log_scale and the decoder's parameters (grad_z keeps its graph, z is not cut from
@@ -98,7 +114,6 @@ def elbo_and_gradient(
     2018). The estimate is returned without a graph either way.
     """
     scale = log_scale.exp()
-    eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)  # (S, B, D)
     with torch.enable_grad():
         z = loc + scale * eps  # (S, B, D)
         if not (create_graph and z.requires_grad):

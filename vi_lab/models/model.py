@@ -42,7 +42,11 @@ def build_model(config: Config, data: Data, shard: Shard = WHOLE) -> LatentVaria
     kind = config.inference.kind
     if kind == InferenceKind.local:
         posterior: Posterior = LocalPosterior(
-            data.num_train, config.model.latent_dim, config.inference.inner, shard
+            data.num_train,
+            config.model.latent_dim,
+            config.inference.inner,
+            shard,
+            compiled=config.runtime.compile,
         )
     else:  # an encoder, built after the decoder: same seed, same weights in both encoder modes
         encoder = build_encoder(config.model, data.data_dim, data.image_shape)

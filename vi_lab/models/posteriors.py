@@ -60,12 +60,18 @@ class LocalPosterior(nn.Module):
     TABLE = ("params", "exp_avg", "exp_avg_sq", "step")  # the buffers that hold one entry per row
 
     def __init__(
-        self, num_points: int, latent_dim: int, inner: InnerLoopConfig, shard: Shard = WHOLE
+        self,
+        num_points: int,
+        latent_dim: int,
+        inner: InnerLoopConfig,
+        shard: Shard = WHOLE,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.inner = inner
         self.shard = shard
+        self.compiled = compiled  # the inner loop's steps through torch.compile (`runtime.compile`)
         rows = RowState.prior(shard.num_rows(num_points), latent_dim, torch.device("cpu"))
         # Buffers, not parameters: the decoder's optimizer never sees the table.
         self.register_buffer("params", rows.params)  # (N, 2, D)
@@ -96,13 +102,15 @@ class LocalPosterior(nn.Module):
         """
         local = self.shard.local(idx)
         rows = self.rows.rows(local)
-        fit = fit_local(decoder, x, rows.fresh() if self.inner.reset_state else rows, self.inner, beta)
+        rows = rows.fresh() if self.inner.reset_state else rows
+        fit = fit_local(decoder, x, rows, self.inner, beta, self.compiled)
         self.rows.put_rows(local, fit.state)
         return {"inner_steps": fit.steps.float(), "inner_gain": fit.last_elbo - fit.first_elbo}
 
     def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
         """Fresh rows for unseen points, fitted from the prior by the same inner loop."""
-        fit = fit_local(decoder, x, RowState.prior(x.shape[0], self.latent_dim, x.device), self.inner)
+        rows = RowState.prior(x.shape[0], self.latent_dim, x.device)
+        fit = fit_local(decoder, x, rows, self.inner, compiled=self.compiled)
         return fit.state.loc, fit.state.log_scale
 
     def guess(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,7 @@ MAY_CHANGE = (
     "inference.refine.",
     "progress",
     "device",
+    "runtime.",
     "data.path",
     "data.download",
 )

@@ -98,7 +98,8 @@ def fit_observed(
 
     def fit(x: Tensor, observed: Tensor, loc: Tensor, log_scale: Tensor) -> tuple[Tensor, ...]:
         likelihood = LogLikelihood(decoder.latent_dim, lambda x, z: masked_log_prob(decoder, x, observed, z))
-        done = refine(likelihood, x, loc, log_scale, config, batch_size=x.shape[0])
+        # the likelihood closes over this chunk's mask: its rows must stay where they are
+        done = refine(likelihood, x, loc, log_scale, config, batch_size=x.shape[0], compact=False)
         return done.loc, done.log_scale, done.steps, done.capped
 
     fitted = map_points(fit, x, observed, loc, log_scale, size=batch_size)
