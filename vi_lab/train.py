@@ -36,8 +36,7 @@ written on Ctrl-C or SIGTERM is a collective all ranks join.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +54,10 @@ from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
 from vi_lab.runs.board import NullWriter, end_session, start_session, write_json
-from vi_lab.runs.checkpoint import FILENAME, save_checkpoint, save_sharded
+from vi_lab.runs.checkpoint import FILENAME, save_run_state
 from vi_lab.runs.folder import check_fresh
 from vi_lab.runs.schedule import kl_weight, learning_rate
-from vi_lab.runs.stopping import graceful_stop, signal_of, signals_deferred, signals_recorded, stop_for
+from vi_lab.runs.stopping import agreed_stops, graceful_stop, signal_of, signals_deferred
 from vi_lab.runs.window import MetricWindow, NonFiniteStep
 from vi_lab.runtime import autocast, check_precision, resolve_device, rng_state, seed_everything
 
@@ -212,7 +211,7 @@ def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
     )
     metrics = _summary(run) if run.history else {}
     try:
-        with _agreed_stops() as check_stop:
+        with agreed_stops() as check_stop:
             while run.position.epoch < run.config.train.epochs:
                 epoch_started = time.perf_counter()
                 _train_epoch(run, bar, steps_per_epoch, check_stop)
@@ -230,24 +229,6 @@ def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
     finally:
         bar.close()
     return metrics
-
-
-@contextmanager
-def _agreed_stops() -> Iterator[Callable[[], None]]:
-    """A `check()` to call after every step. Under torchrun signals are only recorded, and
-    `check` (a collective) raises the stop on every rank after the same step, so that all
-    join the checkpoint. In one process signals raise where they land and `check` is idle."""
-    if distributed.world_size() == 1:
-        yield lambda: None
-        return
-    with signals_recorded() as received:
-
-        def check() -> None:
-            signum = int(distributed.all_max(float(max(received, default=0))))  # SIGTERM over SIGINT
-            if signum:
-                raise stop_for(signum)
-
-        yield check
 
 
 def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int, check_stop: Callable[[], None]) -> None:
@@ -393,8 +374,6 @@ def _save(run: _Run) -> None:
         "config": to_dict(run.config),
         "epoch_sums": run.window.state(),
     }
-    if distributed.world_size() == 1:
-        save_checkpoint({**state, "rng": rng_state()}, run.run_dir / FILENAME)
-    else:  # each rank's RNG state goes with its shard
-        keys, num_rows, step = run.model.table_keys, run.data.num_train, run.position.step
-        save_sharded(state, {"rng": rng_state()}, run.run_dir, step, keys, num_rows)
+    save_run_state(
+        state, rng_state(), run.run_dir, run.position.step, run.model.table_keys, run.data.num_train
+    )

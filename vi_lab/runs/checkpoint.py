@@ -82,6 +82,22 @@ def save_sharded(
         distributed.barrier()  # no rank starts the next save while old shards are removed
 
 
+def save_run_state(
+    payload: dict[str, Any],
+    rng: dict[str, Any],
+    run_dir: Path,
+    step: int,
+    table_keys: list[str],
+    num_rows: int,
+) -> None:
+    """A training run's checkpoint.pt: whole in one process; under torchrun in shards, each
+    rank's random-number state `rng` going with its shard (`save_sharded`, a collective)."""
+    if distributed.world_size() == 1:
+        save_checkpoint({**payload, "rng": rng}, run_dir / FILENAME)
+    else:
+        save_sharded(payload, {"rng": rng}, run_dir, step, table_keys, num_rows)
+
+
 def load_model_state(
     run_dir: Path, state: dict[str, Any], shard: Shard, table_keys: list[str], num_rows: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -11,7 +11,8 @@ critical sections). So:
 - `signals_deferred()` (around a checkpoint write) only records a signal, and raises it
   once the write has completed, so the file on disk is always whole;
 - `signals_recorded()` only records signals, for a caller that stops where it can: under
-  torchrun every rank must stop at the same step, which the ranks agree on after each step.
+  torchrun every rank must stop at the same step, which `agreed_stops()` has the ranks
+  agree on after each step.
 
 Signal handlers belong to the process and run in the main thread; in any other thread
 both context managers do nothing.
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
+
+from vi_lab import distributed
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report them
@@ -79,6 +82,25 @@ def signals_recorded() -> Iterator[list[int]]:
         return
     with _handlers(lambda signum, frame: received.append(signum), SIGNALS):
         yield received
+
+
+@contextmanager
+def agreed_stops() -> Iterator[Callable[[], None]]:
+    """A `check()` to call after every training step. Under torchrun signals are only
+    recorded, and `check` (a collective) raises the stop on every rank after the same step,
+    so that all join the checkpoint. In one process signals raise where they land (under
+    `graceful_stop`) and `check` is idle."""
+    if distributed.world_size() == 1:
+        yield lambda: None
+        return
+    with signals_recorded() as received:
+
+        def check() -> None:
+            signum = int(distributed.all_max(float(max(received, default=0))))  # SIGTERM over SIGINT
+            if signum:
+                raise stop_for(signum)
+
+        yield check
 
 
 def stop_for(signum: int) -> KeyboardInterrupt:
