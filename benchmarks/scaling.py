@@ -1,17 +1,17 @@
-"""Data-parallel scaling: training examples/s with 1 and with N processes, side by side.
+"""Data-parallel scaling: training examples/s with P processes against P x one process.
 
 Each measurement is one `torchrun --standalone --nproc_per_node P -m vi_lab.cli train` of
-the same run (same global batch, same epochs); its examples/s is rank 0's training clock
+the same run (same global batch, one epoch); its examples/s is rank 0's training clock
 (`metrics.json`, validation excluded). Scaling efficiency = (examples/s with P processes)
-/ (P x examples/s with 1). Rounds alternate the process counts, so slow drift of a
-shared machine hits all alike, and each count's best round is compared. Every round is
-printed.
+/ (P x examples/s with 1): the row's ratio, the median over rounds that alternate the
+process counts (slow drift of a shared machine hits all alike). No warm-up round: process
+start-up is outside the training clock.
 
 On a CPU every process gets one thread (OMP_NUM_THREADS=1): P processes use P cores, and
-gloo carries the gradients. With `--device cuda` each process takes its own GPU (NCCL);
-P must not exceed the number of GPUs.
+gloo carries the gradients. On CUDA each process takes its own GPU (NCCL); P must not
+exceed the number of GPUs.
 
-Run: python benchmarks/scaling.py [--procs 1 2] [--rounds R] [--num-train N] [--kinds local amortized]
+Run: python -m benchmarks.run_all --only scaling [--scaling-procs 2] [--scaling-rounds R]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,17 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.table import Row
+from vi_lab.runtime import resolve_device
+
 ROOT = Path(__file__).parents[1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scaling-procs", type=int, default=2, help="processes compared with one")
+    parser.add_argument("--scaling-rounds", type=int, default=2)
+    parser.add_argument("--scaling-num-train", type=int, default=3000)
+    parser.add_argument("--scaling-kinds", nargs="+", default=["local", "amortized"])
 
 
 def examples_per_second(procs: int, kind: str, num_train: int, device: str, folder: Path) -> float:
@@ -42,33 +53,28 @@ def examples_per_second(procs: int, kind: str, num_train: int, device: str, fold
     return json.loads((run_dir / "metrics.json").read_text())["examples_per_second"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num-train", type=int, default=5000)
-    parser.add_argument("--kinds", nargs="+", default=["local", "amortized"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-    if args.device.startswith("cuda") and max(args.procs) > torch.cuda.device_count():
-        parser.error(f"--procs {max(args.procs)} needs as many GPUs; {torch.cuda.device_count()} here")
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"device {args.device}, {os.cpu_count()} CPU cores (load average {load} at the start: other work")
-    print(f"competing for them lowers the efficiency), {args.num_train} training points, 1 epoch per round")
+def rows(args: argparse.Namespace) -> list[Row]:
+    device, procs = resolve_device(args.device).type, args.scaling_procs
+    if device == "cuda" and procs > torch.cuda.device_count():
+        raise SystemExit(f"--scaling-procs {procs} needs as many GPUs; {torch.cuda.device_count()} here")
+    load = os.getloadavg()[0]
+    result = []
     with tempfile.TemporaryDirectory() as folder:
-        for kind in args.kinds:
-            best: dict[int, float] = {}
-            for round_ in range(args.rounds):
-                for procs in args.procs:
-                    rate = examples_per_second(procs, kind, args.num_train, args.device, Path(folder))
-                    best[procs] = max(best.get(procs, 0.0), rate)
-                    print(f"  {kind} round {round_ + 1}: {procs} process(es) {rate:8.0f} examples/s")
-            base = best[min(args.procs)] / min(args.procs)
-            for procs in args.procs:
-                rate, efficiency = best[procs], best[procs] / (procs * base)
-                print(f"{kind}: {procs} process(es) {rate:8.0f} examples/s, efficiency {efficiency:.2f}")
-    print("load average at the end: " + ", ".join(f"{value:.1f}" for value in os.getloadavg()))
-
-
-if __name__ == "__main__":
-    main()
+        for kind in args.scaling_kinds:
+            many, one = [], []
+            for _ in range(args.scaling_rounds):
+                one.append(examples_per_second(1, kind, args.scaling_num_train, device, Path(folder)))
+                many.append(examples_per_second(procs, kind, args.scaling_num_train, device, Path(folder)))
+            efficiency = [m / (procs * o) for m, o in zip(many, one, strict=True)]
+            result.append(
+                Row(
+                    f"data-parallel training, {kind}, {procs} processes ({device}; load {load:.1f})",
+                    f"{statistics.median(many):.0f} examples/s",
+                    f"{procs} x 1 process: {procs * statistics.median(one):.0f} examples/s",
+                    statistics.median(efficiency),
+                    min(efficiency),
+                    max(efficiency),
+                    "≈ 1 (efficiency)",
+                )
+            )
+    return result
