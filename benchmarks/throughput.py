@@ -175,7 +175,9 @@ def step_rows(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("throughput")
-    group.add_argument("--num-train", type=int, default=10000, help="examples per amortized-training round")
+    group.add_argument(
+        "--num-train", type=int, default=60000, help="examples per amortized-training round (one real epoch)"
+    )
     group.add_argument("--step-rounds", type=int, default=7, help="rounds of the inner-loop step rows")
     group.add_argument("--inner-points", type=int, default=1000, help="points for the lab's inner loop")
     group.add_argument("--textbook-points", type=int, default=50, help="points for the textbook loop")
