@@ -191,7 +191,7 @@ def train_step(
     with autocast(precision, x.device):
         terms = (network or model)(x_own, idx_own, beta, num_samples)  # posterior.training_terms
         # DDP averages over ranks: this scale makes the gradient that of the global batch mean
-        loss = -terms.pop("objective").sum() / (x.shape[0] / shard.world_size)
+        loss = terms.pop("objective").sum() * (-shard.world_size / x.shape[0])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if max_grad_norm > 0:

@@ -224,10 +224,6 @@ def test_rows_that_stopped_cost_no_gradient_passes(linear_model, linear_data):
     assert counter.pairs <= 2 * samples * fit.steps.sum().item()
     carried = samples * 40 * fit.steps.max().item()  # without compaction
     assert counter.pairs < 0.5 * carried, (counter.pairs, carried)
-    # compact=False (a decoder closing over per-row data): every row rides to the last step
-    uncompacted = _GradientPassCounter(linear_model)
-    kept = fit_local(uncompacted, x, RowState.start_at(loc, log_scale), config, compact=False)
-    assert uncompacted.pairs == samples * 40 * kept.steps.max().item()
     # Every row is back in its place, near its own q* (two halvings leave some Adam jitter);
     # a row put in another row's place would be nats away (the negative control).
     gap = _gap_to_best(linear_model, x, fit.state.loc, fit.state.log_scale)

@@ -24,6 +24,7 @@ from vi_lab.models.linear_gaussian import LinearGaussianDecoder
 from vi_lab.runs.board import write_png
 from vi_lab.runs.folder import load_run
 from vi_lab.train import train
+from vi_lab.uses import impute
 from vi_lab.uses.anomaly import anomaly_run, auroc, noise_like, ood_points, parse_ood
 from vi_lab.uses.embed import CLASS_NAMES, embed_run
 from vi_lab.uses.impute import fit_observed, impute_run, make_mask, masked_log_prob
@@ -253,6 +254,32 @@ def test_fit_observed_gives_every_chunk_its_own_mask() -> None:
     reached = decoder.exact_elbo(x[0::2], fit.loc[0::2], fit.log_scale[0::2])
     assert (best - reached).max() < 0.3  # the refinement defaults' tolerance: 0.05 nats per window
     assert (best - decoder.exact_elbo(x[0::2], *prior(x[0::2]))).min() > 1.0  # the prior is far from q*
+
+
+def test_fit_observed_keeps_each_row_with_its_mask_when_rows_drop_out(monkeypatch) -> None:
+    """One chunk of 8: six fully observed rows start at their q* and stop early, two fully
+    missing rows start far from their best q (the prior) and go on alone once the working set
+    is compacted. Each is still scored with its own mask: a missing row scored with an
+    observed row's mask would move towards q* of its pixels, not to the prior."""
+    torch.manual_seed(0)
+    decoder = dense_decoder()
+    x = noisy_data(decoder, num_points=8)
+    observed = torch.ones(8, x.shape[1], dtype=torch.bool)
+    observed[6:] = False
+    loc, log_scale = decoder.best_diagonal(x)
+    loc[6:] += 3.0
+    scored_rows = []
+
+    def recording(decoder, x, observed, z):
+        scored_rows.append(x.shape[0])
+        return masked_log_prob(decoder, x, observed, z)
+
+    monkeypatch.setattr(impute, "masked_log_prob", recording)
+    fit = fit_observed(decoder, x, observed, loc, log_scale, EvalConfig().refine, batch_size=8)
+    assert scored_rows[0] == 8 and min(scored_rows) == 2  # the working set was compacted
+    assert fit.loc[6:].abs().max() < 0.05 and fit.log_scale[6:].abs().max() < 0.05
+    best = decoder.exact_elbo(x[:6], *decoder.best_diagonal(x[:6]))
+    assert (best - decoder.exact_elbo(x[:6], fit.loc[:6], fit.log_scale[:6])).max() < 0.3
 
 
 def test_impute_beats_the_mean_on_the_linear_gaussian_model(lg_run) -> None:

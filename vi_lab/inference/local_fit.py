@@ -177,17 +177,16 @@ def fit_local(
     config: LocalFitConfig,
     beta: float = 1.0,
     compiled: bool = False,
-    compact: bool = True,
 ) -> FitResult:
     """Maximize each row's ELBO with the decoder frozen; returns new rows (inputs untouched).
 
     `beta` weights the KL term of the objective (KL warm-up during training; 1 for every
     reported bound). Rows are masked arithmetically (weight 0 for stopped rows) rather
     than by indexing, so every step is the same few fused tensor operations whatever the
-    mix of rows. With `compact`, once most rows of the working set have stopped (at a
-    check), the working set is compacted to the rows still going, so that stopped rows cost
-    no decoder passes; this needs a decoder that scores each row of x on its own (not one
-    that closes over per-row data such as a mask: pass compact=False for those).
+    mix of rows. Once most rows of the working set have stopped (at a check), the working
+    set is compacted to the rows still going, so that stopped rows cost no decoder passes:
+    the decoder must score row b of x with z[:, b] alone (per-row data such as an
+    observed-pixel mask travels in x's rows, never in the decoder).
     `compiled` runs each step through `runtime.compiled_function` (torch.compile; CUDA
     graphs on a GPU): the same numbers up to floating-point rounding.
     """
@@ -248,7 +247,7 @@ def fit_local(
                 num_active = int(active.sum())
                 if num_active == 0:
                     break
-                if compact and 2 * num_active <= active.shape[0]:  # most working rows are done
+                if 2 * num_active <= active.shape[0]:  # most working rows are done
                     store()
                     keep = active.nonzero().squeeze(1)  # (n',)
                     where, x = where[keep], x[keep]

@@ -67,7 +67,8 @@ def training_terms(
     """`elbo` plus "objective" = recon - beta * KL, the per-example bound a training step
     maximizes (beta < 1 during KL warm-up: Bowman et al. 2016), each (B,)."""
     terms = elbo(decoder, x, loc, log_scale, num_samples)
-    terms["objective"] = terms["recon"] - beta * terms["kl"]
+    # beta = 1 (after warm-up): the ELBO itself, without two more operations in every step
+    terms["objective"] = terms["elbo"] if beta == 1 else terms["recon"] - beta * terms["kl"]
     return terms
 
 

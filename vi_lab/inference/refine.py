@@ -38,17 +38,15 @@ def refine(
     batch_size: int = 500,
     progress: bool = False,
     compiled: bool = False,
-    compact: bool = True,
 ) -> Refined:
     """Fit per-point q starting at (loc, log_scale); batched, no loop over points.
 
-    `compiled` and `compact` are `fit_local`'s: steps through torch.compile, and dropping
-    stopped rows (which needs a decoder that scores each row of x on its own)."""
+    `compiled` is `fit_local`'s: steps through torch.compile."""
     started = time.perf_counter()
 
     def fit(x: Tensor, loc: Tensor, log_scale: Tensor) -> tuple[Tensor, ...]:
         rows = RowState.start_at(loc, log_scale)
-        done = fit_local(decoder, x, rows, config, compiled=compiled, compact=compact)
+        done = fit_local(decoder, x, rows, config, compiled=compiled)
         return done.state.loc, done.state.log_scale, done.steps, done.capped
 
     loc, log_scale, steps, capped = map_points(

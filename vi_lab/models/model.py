@@ -31,9 +31,7 @@ class LatentVariableModel(nn.Module):
     @property
     def table_keys(self) -> list[str]:
         """State-dict keys holding one entry per training row (sharded over ranks), if any."""
-        if not isinstance(self.posterior, LocalPosterior):
-            return []
-        return [f"posterior.{name}" for name in LocalPosterior.TABLE]
+        return [f"posterior.{name}" for name in self.posterior.TABLE]
 
 
 def build_model(config: Config, data: Data, shard: Shard = WHOLE) -> LatentVariableModel:

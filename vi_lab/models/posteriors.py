@@ -35,6 +35,7 @@ from vi_lab.models.encoders import Encoder
 
 class AmortizedPosterior(nn.Module):
     amortized = True
+    TABLE: tuple[str, ...] = ()  # no state per training row
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -57,7 +58,7 @@ class AmortizedPosterior(nn.Module):
 
 class LocalPosterior(nn.Module):
     amortized = False
-    TABLE = ("params", "exp_avg", "exp_avg_sq", "step")  # the buffers that hold one entry per row
+    TABLE: tuple[str, ...] = ("params", "exp_avg", "exp_avg_sq", "step")  # buffers with one entry per row
 
     def __init__(
         self,
@@ -130,6 +131,7 @@ class SemiAmortizedPosterior(nn.Module):
     """
 
     amortized = True
+    TABLE: tuple[str, ...] = ()
 
     def __init__(self, encoder: Encoder, refine: RefineStepsConfig) -> None:
         super().__init__()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,18 +91,16 @@ def fit_observed(
     config: LocalFitConfig,
     batch_size: int,
 ) -> Refined:
-    """q fitted to the observed pixels only (L_o above), decoder frozen, in chunks of points:
-    each chunk's likelihood is `masked_log_prob` with that chunk's mask closed over."""
-    started = time.perf_counter()
+    """q fitted to the observed pixels only (L_o above), decoder frozen, in chunks of points.
 
-    def fit(x: Tensor, observed: Tensor, loc: Tensor, log_scale: Tensor) -> tuple[Tensor, ...]:
-        likelihood = LogLikelihood(decoder.latent_dim, lambda x, z: masked_log_prob(decoder, x, observed, z))
-        # the likelihood closes over this chunk's mask: its rows must stay where they are
-        done = refine(likelihood, x, loc, log_scale, config, batch_size=x.shape[0], compact=False)
-        return done.loc, done.log_scale, done.steps, done.capped
-
-    fitted = map_points(fit, x, observed, loc, log_scale, size=batch_size)
-    return Refined(*fitted, seconds=time.perf_counter() - started)
+    Each row refinement sees is a point's pixels followed by its mask, (N, 2P), and the
+    likelihood splits it again: a row keeps its own mask wherever refinement moves it."""
+    width = x.shape[1]
+    likelihood = LogLikelihood(
+        decoder.latent_dim,
+        lambda rows, z: masked_log_prob(decoder, rows[:, :width], rows[:, width:].bool(), z),
+    )
+    return refine(likelihood, torch.cat([x, observed.to(x.dtype)], 1), loc, log_scale, config, batch_size)
 
 
 @torch.no_grad()
