@@ -8,7 +8,9 @@
   per-row Adam update) against one bare decoder forward+backward with respect to z at the
   same batch, the work no implementation can avoid. Goal <= 1.3, eagerly and compiled
   (`runtime.compile`), at the training setting (100 rows, 1 sample) and the refinement
-  setting (500 rows, 10 samples).
+  setting (500 rows, 10 samples). The steps alone: a fit as long as one window runs no
+  check. A second measure, a whole visit of `configs/local.yaml` per step, adds what its
+  window checks (a forward pass of 2 x check_samples draws every 10 steps) cost.
 - The vectorized inner loop against a textbook loop over datapoints with one
   torch.optim.Adam per point, both taking exactly K steps per point, in points/s.
 - On CUDA only: bf16 autocast against float32 training (`runtime.precision`), in examples/s
@@ -103,12 +105,20 @@ def reference_amortized(x_train: Tensor, fused: bool = False) -> float:
 def inner_step_seconds(
     decoder: NeuralDecoder, x: Tensor, num_samples: int, steps: int, compiled: bool = False
 ) -> float:
-    """Seconds per step of `fit_local` taking exactly `steps` steps (no checks, no early stop)."""
-    config = InnerLoopConfig(max_steps=steps, num_samples=num_samples, tol=-1e9)
+    """Seconds per step of `fit_local` taking exactly `steps` steps: its window is the whole
+    fit, so no check runs and no row stops (the steps alone)."""
+    config = InnerLoopConfig(max_steps=steps, num_samples=num_samples, check_every=steps)
+    return fit_seconds_per_step(decoder, x, config, compiled)
+
+
+def fit_seconds_per_step(
+    decoder: NeuralDecoder, x: Tensor, config: InnerLoopConfig, compiled: bool = False
+) -> float:
+    """Seconds of one `fit_local` from the prior over `config.max_steps` (its checks included)."""
     rows = RowState.prior(x.shape[0], decoder.latent_dim, x.device)
     started = time.perf_counter()
     fit_local(decoder, x, rows, config, compiled=compiled).steps.sum().item()  # .item(): wait
-    return (time.perf_counter() - started) / steps
+    return (time.perf_counter() - started) / config.max_steps
 
 
 def bare_step_seconds(decoder: NeuralDecoder, x: Tensor, num_samples: int, steps: int) -> float:
@@ -173,11 +183,31 @@ def step_rows(
     ]
 
 
+def visit_row(decoder: NeuralDecoder, x: Tensor, rounds: int) -> Row:
+    """A whole visit of `configs/local.yaml`'s inner loop (its window checks and step-size
+    halvings included) per step, against the bare decoder forward+backward."""
+    inner = load_config(ROOT / "configs" / "local.yaml").inference.inner
+    samples, steps = inner.num_samples, inner.max_steps
+    values = side_by_side(
+        {
+            "visit": lambda: fit_seconds_per_step(decoder, x, inner) * 1e3,
+            "decoder fwd+bwd": lambda: bare_step_seconds(decoder, x, samples, steps) * 1e3,
+        },
+        rounds,
+    )
+    what = (
+        f"inner-loop visit of configs/local.yaml, per step ({x.shape[0]} rows, {inner.max_steps} steps, "
+        f"a check every {inner.check_every})"
+    )
+    return ratio_row(what, values, "visit", "decoder fwd+bwd", "ms", "", "{:.2f}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("throughput")
     group.add_argument(
         "--num-train", type=int, default=60000, help="examples per amortized-training round (one real epoch)"
     )
+    group.add_argument("--amortized-rounds", type=int, default=5, help="rounds of the amortized rows")
     group.add_argument("--step-rounds", type=int, default=7, help="rounds of the inner-loop step rows")
     group.add_argument("--inner-points", type=int, default=1000, help="points for the lab's inner loop")
     group.add_argument("--textbook-points", type=int, default=50, help="points for the textbook loop")
@@ -197,7 +227,7 @@ def rows(args: argparse.Namespace) -> list[Row]:
             "plain VAE loop": lambda: reference_amortized(x_all[: args.num_train]),
             "plain loop, fused Adam": lambda: reference_amortized(x_all[: args.num_train], fused=True),
         },
-        args.rounds,
+        args.amortized_rounds,
     )
     table.append(ratio_row("amortized training", values, "lab", "plain VAE loop", "examples/s", ">= 1.0"))
     table.append(
@@ -207,6 +237,7 @@ def rows(args: argparse.Namespace) -> list[Row]:
     decoder = build_decoder(config.model, 784, (1, 28, 28)).to(device).requires_grad_(False)
     for what, num_rows, num_samples, steps in (("training", 100, 1, 50), ("refinement", 500, 10, 4)):
         table += step_rows(what, decoder, x_all[:num_rows], num_samples, steps, args.step_rounds)
+    table.append(visit_row(decoder, x_all[:100], args.step_rounds))
 
     values = side_by_side(
         {
