@@ -138,7 +138,9 @@ def whole_split_row(
     return Row(
         f"refinement + IWAE K={args.samples}, all {cost.num_points} test points (chunks of {batch_size})",
         f"{(cost.refine_seconds + cost.iwae_seconds) / 60:.1f} min ({cost.refine_seconds / 60:.1f} + "
-        f"{cost.iwae_seconds / 60:.1f}), peak +{cost.refine_mb:.0f} MB / +{cost.iwae_mb:.0f} MB",
+        f"{cost.iwae_seconds / 60:.1f}; refinement {cost.point_steps} point-steps, "
+        f"{cost.refine_seconds / cost.point_steps * 1e3:.3f} ms each), "
+        f"peak +{cost.refine_mb:.0f} MB / +{cost.iwae_mb:.0f} MB",
         f"IWAE budget {budget:.0f} MB",
         cost.iwae_mb / budget,
         goal="<= 1",
