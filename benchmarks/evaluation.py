@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import os
 import statistics
 import threading
@@ -58,6 +59,7 @@ def _rss_bytes() -> int:
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[object, float, float]:
     """(result, seconds, peak MB above the starting level) of one call."""
+    gc.collect()  # what earlier work left in reference cycles is freed before the base is read
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
