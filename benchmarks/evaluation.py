@@ -12,9 +12,10 @@ refinement figures are those of this decoder). Sizes are measured in the order N
   memory against the memory budget;
 - both extrapolated linearly to the 10,000 test points (labelled as such).
 Peak memory is the rise above the level before the call: on CUDA from torch's allocator
-statistics, on CPU from the resident set size sampled every millisecond from
-/proc/self/statm while the call runs (glibc set to return freed tensors to the system, so
-memory an earlier call left in the heap cannot hide a later call's peak).
+statistics, on CPU (Linux) from the kernel's peak resident set size, VmHWM, reset to the
+current size before the call (/proc/self/clear_refs) and read after it (glibc set to return
+freed tensors to the system, so memory an earlier call left in the heap cannot hide a later
+call's peak).
 
 Run: python -m benchmarks.evaluation [--points N] [--samples K] [--budget-mb MB] [--all-points]
 """
@@ -25,9 +26,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import os
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,13 +47,16 @@ from vi_lab.models.decoders import NeuralDecoder, build_decoder
 from vi_lab.runtime import resolve_device
 
 ROOT = Path(__file__).parents[1]
-PAGE = os.sysconf("SC_PAGE_SIZE")
 TEST_POINTS = 10_000
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[object, float, float]:
@@ -68,21 +70,13 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[obje
         result = fn()
         torch.cuda.synchronize(device)
         return result, time.perf_counter() - started, (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base, peak, done = _rss_bytes(), [0], threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # the kernel's peak resident set (VmHWM) starts again from VmRSS
+    base = _status_bytes("VmRSS")
     started = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - started
-    done.set()
-    watcher.join()
-    return result, seconds, max(peak[0] - base, 0) / 2**20
+    return result, seconds, max(_status_bytes("VmHWM") - base, 0) / 2**20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
