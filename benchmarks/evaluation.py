@@ -13,9 +13,10 @@ refinement figures are those of this decoder). Sizes are measured in the order N
 - both extrapolated linearly to the 10,000 test points (labelled as such).
 Peak memory is the rise above the level before the call: on CUDA from torch's allocator
 statistics, on CPU (Linux) from the kernel's peak resident set size, VmHWM, reset to the
-current size before the call (/proc/self/clear_refs) and read after it (glibc set to return
-freed tensors to the system, so memory an earlier call left in the heap cannot hide a later
-call's peak).
+current size before the call (/proc/self/clear_refs) and read after it. Memory that earlier
+work freed but glibc kept would hide a call's peak (the call reuses it without a rise), so
+the heap's free pages are returned first (malloc_trim), and every allocation over 64 KB is
+served by mmap (freed tensors leave the resident set at once).
 
 Run: python -m benchmarks.evaluation [--points N] [--samples K] [--budget-mb MB] [--all-points]
 """
@@ -70,6 +71,8 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[obje
         result = fn()
         torch.cuda.synchronize(device)
         return result, time.perf_counter() - started, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with contextlib.suppress(OSError, AttributeError):  # glibc: free heap pages leave the resident set
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # else a call reusing them would show no rise
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # the kernel's peak resident set (VmHWM) starts again from VmRSS
     base = _status_bytes("VmRSS")
