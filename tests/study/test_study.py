@@ -231,7 +231,7 @@ def test_two_workers_share_a_journal_without_losing_or_duplicating_trials(tmp_pa
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     pids = [t.user_attrs["pid"] for t in trials]
-    assert len(set(pids)) == 2  # both workers ran trials (how many each depends on their speed: 3 + 1 happens)
+    assert len(set(pids)) == 2  # both workers ran trials; how many each depends on their speed
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4  # workers draw different points
     assert sorted(p.name for p in study_dir.glob("trial_*")) == [f"trial_{n:04d}" for n in range(4)]
     for trial in trials:
