@@ -71,8 +71,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[obje
         result = fn()
         torch.cuda.synchronize(device)
         return result, time.perf_counter() - started, (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    with contextlib.suppress(OSError, AttributeError):  # glibc: free heap pages leave the resident set
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # else a call reusing them would show no rise
+    _glibc("malloc_trim", 0)  # free heap pages leave the resident set, else a call reusing them shows no rise
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # the kernel's peak resident set (VmHWM) starts again from VmRSS
     base = _status_bytes("VmRSS")
@@ -150,8 +149,13 @@ def return_freed_memory() -> None:
     """glibc: serve every allocation over 64 KB by mmap (mallopt M_MMAP_THRESHOLD, which also
     stops the threshold from growing), so freed tensors leave the resident set and each
     call's peak is its own, not hidden by memory an earlier call left in the heap."""
+    _glibc("mallopt", -3, 1 << 16)  # -3: M_MMAP_THRESHOLD
+
+
+def _glibc(function: str, *args: int) -> None:
+    """Call a glibc malloc tuning function; a no-op where the C library is not glibc."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # -3: M_MMAP_THRESHOLD
+        getattr(ctypes.CDLL("libc.so.6"), function)(*args)
 
 
 def rows(args: argparse.Namespace) -> list[Row]:
