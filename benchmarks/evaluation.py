@@ -42,7 +42,7 @@ from vi_lab.chunking import memory_budget_mb
 from vi_lab.config import Config, load_config
 from vi_lab.data.datasets import load_data
 from vi_lab.evaluation.iwae import iwae_log_marginal
-from vi_lab.inference.gaussian import standard_normal_params
+from vi_lab.inference.families import Diagonal
 from vi_lab.inference.refine import Refined, refine
 from vi_lab.models.decoders import NeuralDecoder, build_decoder
 from vi_lab.runtime import resolve_device
@@ -113,15 +113,14 @@ def measure(
 ) -> Cost:
     """Refine q from the prior on x, then IWAE with the refined q as proposal."""
     device = x.device
-    start = standard_normal_params(x.shape[0], decoder.latent_dim, device)
+    family = Diagonal(decoder.latent_dim)
+    start = family.prior(x.shape[0], device)
     refined, _, refine_mb = peak_memory_mb(
-        lambda: refine(decoder, x, *start, config.eval.refine, batch_size), device
+        lambda: refine(decoder, family, x, start, config.eval.refine, batch_size), device
     )
     assert isinstance(refined, Refined)
     _, iwae_seconds, iwae_mb = peak_memory_mb(
-        lambda: iwae_log_marginal(
-            decoder, x, refined.loc, refined.log_scale, samples, memory_budget_mb=budget
-        ),
+        lambda: iwae_log_marginal(decoder, family, x, refined.params, samples, memory_budget_mb=budget),
         device,
     )
     return Cost(x.shape[0], refined.seconds, int(refined.steps.sum()), refine_mb, iwae_seconds, iwae_mb)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from benchmarks.table import Row, machine, markdown, ratio_row, side_by_side
 from vi_lab.config import InnerLoopConfig, load_config
 from vi_lab.data.datasets import load_data
+from vi_lab.inference.families import Diagonal
 from vi_lab.inference.local_fit import RowState, fit_local
 from vi_lab.models.decoders import NeuralDecoder, build_decoder
 from vi_lab.runtime import resolve_device
@@ -115,9 +116,10 @@ def fit_seconds_per_step(
     decoder: NeuralDecoder, x: Tensor, config: InnerLoopConfig, compiled: bool = False
 ) -> float:
     """Seconds of one `fit_local` from the prior over `config.max_steps` (its checks included)."""
-    rows = RowState.prior(x.shape[0], decoder.latent_dim, x.device)
+    family = Diagonal(decoder.latent_dim)
+    rows = RowState.prior(x.shape[0], family, x.device)
     started = time.perf_counter()
-    fit_local(decoder, x, rows, config, compiled=compiled).steps.sum().item()  # .item(): wait
+    fit_local(decoder, family, x, rows, config, compiled=compiled).steps.sum().item()  # .item(): wait
     return (time.perf_counter() - started) / config.max_steps
 
 

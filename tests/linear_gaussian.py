@@ -15,9 +15,11 @@ import math
 
 import torch
 
+from vi_lab.inference.families import Diagonal, FullCovariance
 from vi_lab.models.linear_gaussian import LinearGaussianDecoder
 
 DATA_DIM, LATENT_DIM = 16, 4
+DIAGONAL, FULL = Diagonal(LATENT_DIM), FullCovariance(LATENT_DIM)
 NOISE_STD = 0.5  # sigma of `dense_decoder` and of `noisy_data`'s noise
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -61,14 +63,23 @@ def data(decoder: LinearGaussianDecoder, num_points: int, seed: int = 1) -> torc
     return decoder.sample(z).detach()  # (B, P)
 
 
-def best_q(decoder: LinearGaussianDecoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    loc, log_scale = decoder.best_diagonal(x)
-    return loc.detach(), log_scale.detach().contiguous()
+def best_q(decoder: LinearGaussianDecoder, x: torch.Tensor) -> torch.Tensor:
+    """The diagonal family's params of the best diagonal q, (B, 2D)."""
+    return DIAGONAL.pack(*decoder.best_diagonal(x)).detach()
 
 
-def prior(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    zeros = torch.zeros(x.shape[0], LATENT_DIM, dtype=x.dtype, device=x.device)
-    return zeros, zeros
+def exact_posterior(decoder: LinearGaussianDecoder, x: torch.Tensor) -> torch.Tensor:
+    """The full-covariance family's params of p(z | x) itself, (B, P)."""
+    loc, cov = decoder.posterior(x)
+    lower = torch.linalg.cholesky(cov)  # (D, D), shared by all points
+    rows, cols = torch.tril_indices(LATENT_DIM, LATENT_DIM, offset=-1)
+    row = torch.cat([lower.diagonal().log(), lower[rows, cols]])
+    return torch.cat([loc, row.expand(x.shape[0], -1)], dim=1).detach()
+
+
+def prior(x: torch.Tensor) -> torch.Tensor:
+    """The diagonal family's params of the prior, (B, 2D)."""
+    return DIAGONAL.prior(x.shape[0], x.device).to(x.dtype)
 
 
 def error_and_standard_error(estimate: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:

@@ -9,6 +9,7 @@ import torch
 from vi_lab.cli import main
 from vi_lab.config import ConfigError, Likelihood, LocalFitConfig, Precision, load_config
 from vi_lab.data.datasets import load_data
+from vi_lab.inference.families import Diagonal
 from vi_lab.inference.local_fit import RowState, fit_local
 from vi_lab.models.decoders import NeuralDecoder
 from vi_lab.models.model import build_model
@@ -19,7 +20,7 @@ from vi_lab.runtime import check_precision
 def _fit(decoder: NeuralDecoder, x: torch.Tensor, rows: RowState, compiled: bool, seed: int):
     config = LocalFitConfig(max_steps=5, num_samples=2, tol=-1e9)  # exactly 5 steps
     torch.manual_seed(seed)
-    return fit_local(decoder, x, rows, config, compiled=compiled)
+    return fit_local(decoder, Diagonal(3), x, rows, config, compiled=compiled)
 
 
 @pytest.mark.slow
@@ -38,7 +39,7 @@ def test_compiled_inner_loop_gives_the_eager_numbers(monkeypatch):
     decoder = NeuralDecoder(mlp([3, 8, 12]), Likelihood.bernoulli, latent_dim=3, data_dim=12)
     decoder.requires_grad_(False)
     x = (torch.rand(8, 12) > 0.5).float()
-    rows = RowState.start_at(torch.randn(8, 3), 0.3 * torch.randn(8, 3))
+    rows = RowState.start_at(Diagonal(3).pack(torch.randn(8, 3), 0.3 * torch.randn(8, 3)))
 
     torch._dynamo.utils.counters.clear()
     compiled = _fit(decoder, x, rows, compiled=True, seed=1)

@@ -71,7 +71,7 @@ def test_run_folder_holds_config_events_checkpoint_metrics(tmp_path, kind):
     assert expected <= set(tags["scalars"])
     assert "valid/elbo" not in tags["scalars"]  # no tag whose meaning depends on the mode
     assert {"images/reconstructions", "images/prior_samples"} <= set(tags["images"])
-    assert "posterior/log_scale" in tags["histograms"]
+    assert "posterior/log_std" in tags["histograms"]
     assert any("hparams" in tag or "config" in tag for tag in tags["tensors"])
 
     state = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True inside

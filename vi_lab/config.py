@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 class Dataset(str, Enum):
     fashion_mnist = "fashion_mnist"
     linear_gaussian = "linear_gaussian"
+    banana = "banana"  # a curved 2-D latent model: non-Gaussian posteriors, exact log p(x) by quadrature
 
 
 class Binarize(str, Enum):
@@ -48,6 +49,14 @@ class InferenceKind(str, Enum):
     amortized = "amortized"  # an encoder predicts q (a VAE)
     local = "local"  # every training example owns its q (coordinate ascent)
     semi_amortized = "semi_amortized"  # the encoder's q refined by K steps (Kim et al. 2018)
+
+
+class FamilyName(str, Enum):
+    """Variational families (`vi_lab/inference/families.py`)."""
+
+    diagonal = "diagonal"  # N(loc, diag s^2): the factorized Gaussian
+    full = "full"  # N(loc, L L^T), L a Cholesky factor
+    flow = "flow"  # planar layers on a diagonal base (Rezende & Mohamed 2015)
 
 
 class Estimator(str, Enum):
@@ -81,6 +90,24 @@ class SyntheticConfig:
 
 
 @dataclass
+class BananaConfig:
+    """The curved model `banana` data is drawn from: z ~ N(0, I_2),
+    x = (z_1, z_2 + curvature * (z_1^2 - 1)) + noise_std * eps."""
+
+    curvature: float = 0.3
+    noise_std: list[float] = field(default_factory=lambda: [1.0, 0.1])  # per coordinate of x
+    num_points: int = 7000  # split 55:5:10 like Fashion-MNIST
+
+    def check(self) -> None:
+        require(
+            len(self.noise_std) == 2 and all(s > 0 for s in self.noise_std),
+            "noise_std",
+            "must be two positive numbers",
+        )
+        require(self.num_points >= 14, "num_points", "must be at least 14")
+
+
+@dataclass
 class DataConfig:
     name: Dataset = Dataset.fashion_mnist
     path: str | None = None  # folder with the IDX .gz files (else $VI_LAB_DATA, system, cache)
@@ -92,6 +119,7 @@ class DataConfig:
     classes: list[int] | None = None  # keep only these Fashion-MNIST classes
     seed: int = 0  # fixes the train/valid split and the synthetic data, whatever the run's seed
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    banana: BananaConfig = field(default_factory=BananaConfig)
 
     def check(self) -> None:
         require(0.0 < self.threshold < 1.0, "threshold", "must lie in (0, 1)")
@@ -197,8 +225,20 @@ class RefineStepsConfig:
 
 
 @dataclass
+class FlowConfig:
+    """The `flow` family: planar layers on a diagonal base, 2D + 1 parameters per layer."""
+
+    num_layers: int = 10
+
+    def check(self) -> None:
+        require(self.num_layers >= 0, "num_layers", "must be >= 0 (0: the diagonal Gaussian)")
+
+
+@dataclass
 class InferenceConfig:
     kind: InferenceKind = InferenceKind.amortized
+    family: FamilyName = FamilyName.diagonal  # the family of every q: table rows, encoder outputs
+    flow: FlowConfig = field(default_factory=FlowConfig)  # family=flow (and flow in eval.families)
     num_samples: int = 1  # Monte Carlo samples of the training ELBO
     inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)  # local only
     refine: RefineStepsConfig = field(default_factory=RefineStepsConfig)  # semi_amortized only
@@ -229,8 +269,12 @@ class EvalConfig:
     estimator: Estimator = Estimator.iwae
     num_samples: int = 5000  # K of the importance-weighted bound
     init: RefineInit = RefineInit.auto
+    # families whose q* is refined on the same points (Cremer et al. 2018, Table 2); the run's
+    # own family always is. Flows take the run's inference.flow settings.
+    families: list[FamilyName] = field(default_factory=list)
     batch_size: int = 500  # points refined together
     memory_budget_mb: float | None = None  # MB per chunk of log p(x) work; null: chunking.memory_budget_mb
+    quadrature: bool = True  # log_px_exact on a grid for a 2-D latent (evaluation/quadrature.py)
     refine: LocalFitConfig = field(
         default_factory=lambda: LocalFitConfig(
             max_steps=5000, lr=0.1, num_samples=10, check_every=50, check_samples=16, tol=0.05, num_decays=7
@@ -316,16 +360,17 @@ class Config:
             "device",
             "must be auto, cpu, cuda or cuda:N",
         )
-        if self.data.name == Dataset.linear_gaussian:
+        if self.data.name in (Dataset.linear_gaussian, Dataset.banana):
+            name = self.data.name.value
             require(
                 self.data.binarize == Binarize.none,
                 "data.binarize",
-                "linear_gaussian data is real-valued: set data.binarize=none",
+                f"{name} data is real-valued: set data.binarize=none",
             )
             require(
                 self.model.likelihood == Likelihood.gaussian,
                 "model.likelihood",
-                "linear_gaussian data is real-valued: set model.likelihood=gaussian",
+                f"{name} data is real-valued: set model.likelihood=gaussian",
             )
         if self.model.decoder == Architecture.linear:
             require(

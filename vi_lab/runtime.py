@@ -24,6 +24,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def available_bytes(device_type: str) -> int | None:
+    """Memory free for new tensors: MemAvailable (Linux) on the CPU, free memory on a GPU;
+    None where it cannot be read."""
+    if device_type == "cuda":
+        return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 @functools.cache
 def compiled_function(fn: Callable[..., tuple], device: torch.device) -> Callable[..., tuple]:
     """`fn` (pure tensor code returning a tuple of tensors) compiled for a device, once per process.

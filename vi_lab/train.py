@@ -49,7 +49,14 @@ from tqdm import tqdm
 from vi_lab import distributed
 from vi_lab.config import Config, Precision, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
-from vi_lab.evaluation.validation import VALID_KEYS, NonFiniteValidation, row_gap, validate, validation_images
+from vi_lab.evaluation.validation import (
+    VALID_KEYS,
+    NonFiniteValidation,
+    posterior_log_std,
+    row_gap,
+    validate,
+    validation_images,
+)
 from vi_lab.models.model import LatentVariableModel, build_model
 from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
@@ -331,10 +338,14 @@ def _validate(run: _Run) -> dict[str, float]:
     for key in VALID_KEYS:
         if key in values:
             run.scalar(f"valid/{key}", values[key])
-    run.writer.add_histogram("posterior/log_scale", report.log_scale.flatten(), run.position.step)
+    family, params = run.model.family, report.own.params
+    run.writer.add_histogram(
+        "posterior/log_std", posterior_log_std(family, params).flatten(), run.position.step
+    )
     if run.data.image_shape is not None:
+        center = family.center(params)
         images = validation_images(
-            run.model.decoder, x, report.loc, run.data.image_shape, train.num_images, run.config.seed
+            run.model.decoder, x, center, run.data.image_shape, train.num_images, run.config.seed
         )
         for tag, image in images.items():
             run.writer.add_image(tag, image, run.position.step)

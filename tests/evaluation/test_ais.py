@@ -8,7 +8,7 @@ import torch
 from tests.linear_gaussian import (
     DATA_DIM,
     DEVICES,
-    LATENT_DIM,
+    DIAGONAL,
     best_q,
     correlated_decoder,
     data,
@@ -23,12 +23,9 @@ def test_from_prior_and_from_best_diagonal_match_exact() -> None:
     decoder = correlated_decoder()
     x = data(decoder, 64)
     exact = decoder.log_marginal(x).detach()
-    loc, log_scale = best_q(decoder, x)
-    zeros = torch.zeros_like(loc)
+    q = best_q(decoder, x)
     torch.manual_seed(2)  # one call for both starts: half the Python overhead
-    both = ais_log_marginal(
-        decoder, torch.cat([x, x]), torch.cat([zeros, loc]), torch.cat([zeros, log_scale]), num_steps=500
-    )
+    both = ais_log_marginal(decoder, DIAGONAL, torch.cat([x, x]), torch.cat([prior(x), q]), num_steps=500)
     from_prior, from_q = both.chunk(2)
     for estimate in (from_prior, from_q):
         error, standard_error = error_and_standard_error(estimate, exact)
@@ -44,7 +41,7 @@ def test_short_runs_stay_below_exact(num_steps: int) -> None:
     exact = decoder.log_marginal(x).detach()
     torch.manual_seed(3)
     error, standard_error = error_and_standard_error(
-        ais_log_marginal(decoder, x, *prior(x), num_steps=num_steps, num_chains=4), exact
+        ais_log_marginal(decoder, DIAGONAL, x, prior(x), num_steps=num_steps, num_chains=4), exact
     )
     assert error < 3 * standard_error
 
@@ -52,15 +49,13 @@ def test_short_runs_stay_below_exact(num_steps: int) -> None:
 def test_one_step_is_plain_importance_sampling() -> None:
     decoder = correlated_decoder()
     x = data(decoder, 4000)
-    loc, log_scale = best_q(decoder, x)
+    q = best_q(decoder, x)
     torch.manual_seed(4)
-    one_chain = ais_log_marginal(decoder, x, loc, log_scale, num_steps=1, num_chains=1)
-    error, standard_error = error_and_standard_error(
-        one_chain, decoder.exact_elbo(x, loc, log_scale).detach()
-    )
+    one_chain = ais_log_marginal(decoder, DIAGONAL, x, q, num_steps=1, num_chains=1)
+    error, standard_error = error_and_standard_error(one_chain, decoder.exact_elbo(x, DIAGONAL, q).detach())
     assert abs(error) < 3 * standard_error
-    many_chains = ais_log_marginal(decoder, x, loc, log_scale, num_steps=1, num_chains=64)
-    iwae = iwae_log_marginal(decoder, x, loc, log_scale, num_samples=64)
+    many_chains = ais_log_marginal(decoder, DIAGONAL, x, q, num_steps=1, num_chains=64)
+    iwae = iwae_log_marginal(decoder, DIAGONAL, x, q, num_samples=64)
     error, standard_error = error_and_standard_error(many_chains, iwae)  # same points: a paired test
     assert abs(error) < 3 * standard_error
 
@@ -73,8 +68,9 @@ def test_other_schedules_and_a_small_memory_budget(schedule: str) -> None:
     torch.manual_seed(5)
     estimate = ais_log_marginal(
         decoder,
+        DIAGONAL,
         x,
-        *best_q(decoder, x),
+        best_q(decoder, x),
         num_steps=100,
         num_chains=64,
         schedule=schedule,
@@ -96,7 +92,7 @@ def test_decoder_parameters_get_no_grad_and_stay_put() -> None:
     decoder = correlated_decoder()
     before = [p.detach().clone() for p in decoder.parameters()]
     x = data(decoder, 8)
-    estimate = ais_log_marginal(decoder, x, *best_q(decoder, x), num_steps=20)
+    estimate = ais_log_marginal(decoder, DIAGONAL, x, best_q(decoder, x), num_steps=20)
     assert not estimate.requires_grad
     assert all(p.grad is None for p in decoder.parameters())
     assert all(torch.equal(p, b) for p, b in zip(decoder.parameters(), before, strict=True))
@@ -113,14 +109,13 @@ def test_decoder_parameters_get_no_grad_and_stay_put() -> None:
         ({"memory_budget_mb": -1.0}, "memory_budget_mb"),
         ({"schedule": "cosine"}, "schedule"),
         ({"x": torch.zeros(4, 1, DATA_DIM)}, "x"),
-        ({"loc": torch.zeros(5, LATENT_DIM)}, "loc"),
-        ({"log_scale": torch.zeros(4, 3)}, "log_scale"),
+        ({"params": torch.zeros(5, 8)}, "one row per point"),
+        ({"params": torch.zeros(4, 3)}, "params"),
     ],
 )
 def test_bad_inputs_raise(kwargs: dict, name: str) -> None:
     decoder = correlated_decoder()
-    args = {"x": torch.zeros(4, DATA_DIM), "loc": torch.zeros(4, LATENT_DIM)}
-    args["log_scale"] = torch.zeros(4, LATENT_DIM)
+    args = {"family": DIAGONAL, "x": torch.zeros(4, DATA_DIM), "params": DIAGONAL.prior(4)}
     with pytest.raises(ValueError, match=name):
         ais_log_marginal(decoder, **{**args, **kwargs})
 
@@ -131,5 +126,7 @@ def test_runs_on_every_device_present(device: str) -> None:
     decoder = correlated_decoder().to(device)
     x = data(decoder, 32)
     exact = decoder.log_marginal(x).detach()
-    estimate = ais_log_marginal(decoder, x, *best_q(decoder, x), num_steps=200, memory_budget_mb=0.05)
+    estimate = ais_log_marginal(
+        decoder, DIAGONAL, x, best_q(decoder, x), num_steps=200, memory_budget_mb=0.05
+    )
     assert estimate.device == x.device and (estimate - exact).mean().abs() < 0.05

@@ -64,10 +64,11 @@ def test_ordering_and_closed_form_on_a_trained_amortized_run(linear_runs):
     assert s["elbo_refined"] < s["log_px"] + 3 * s["approximation_gap_se"]
     assert s["log_px"] < s["log_px_exact"] + 0.02
     # the decoder is linear-Gaussian: the refined q is the closed-form best diagonal q*
-    decoder = run.model.decoder
+    decoder, family = run.model.decoder, run.model.family
     with torch.no_grad():
-        best = decoder.exact_elbo(x, *decoder.best_diagonal(x)).mean().item()
-        exact_gap = (decoder.log_marginal(x) - decoder.exact_elbo(x, *decoder.best_diagonal(x))).mean().item()
+        best_elbo = decoder.exact_elbo(x, family, family.pack(*decoder.best_diagonal(x)))
+        best = best_elbo.mean().item()
+        exact_gap = (decoder.log_marginal(x) - best_elbo).mean().item()
     assert s["elbo_refined"] == pytest.approx(best, abs=0.05)  # 100-sample MC estimate of the ELBO
     assert s["approximation_gap"] == pytest.approx(exact_gap, abs=0.05)
     assert s["log_px"] == pytest.approx(s["log_px_exact"], abs=0.05)
@@ -113,7 +114,7 @@ def test_semi_amortized_run_reports_the_gap_its_steps_leave(linear_runs):
     L[q_inferred] agree."""
     for kind in ("semi_amortized", "amortized"):
         run = load_run(linear_runs[kind])
-        decoder, posterior = run.model.decoder, run.model.posterior
+        decoder, posterior, family = run.model.decoder, run.model.posterior, run.model.family
         x = run.data.x["test"][:100]
         torch.manual_seed(0)
         report = measure_gaps(run.model, x, override(run.config.eval, ["num_samples=100"]))
@@ -121,8 +122,8 @@ def test_semi_amortized_run_reports_the_gap_its_steps_leave(linear_runs):
         torch.manual_seed(0)  # the same draws as measure_gaps: its guess, then infer
         with torch.no_grad():
             guess, inferred = posterior.guess(x), posterior.infer(decoder, x)
-            encoder, steps = decoder.exact_elbo(x, *guess), decoder.exact_elbo(x, *inferred)
-            best = decoder.exact_elbo(x, *decoder.best_diagonal(x))
+            encoder, steps = decoder.exact_elbo(x, family, guess), decoder.exact_elbo(x, family, inferred)
+            best = decoder.exact_elbo(x, family, family.pack(*decoder.best_diagonal(x)))
         assert s["elbo_inferred"] == pytest.approx(steps.mean().item(), abs=0.05)
         assert s["elbo_refined"] == pytest.approx(best.mean().item(), abs=0.05)
         if kind == "amortized":

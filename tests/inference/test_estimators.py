@@ -13,21 +13,23 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from vi_lab.cli import main
 from vi_lab.config import load_config
 from vi_lab.inference.estimators import (
-    GROUPS,
     estimate,
     exact_gradient,
     reparameterization_gradient,
     score_function_gradient,
 )
+from vi_lab.inference.families import Diagonal, PlanarFlow
 from vi_lab.models.linear_gaussian import LinearGaussianDecoder
 from vi_lab.train import train
 from vi_lab.uses.gradvar import compare_estimators, gradvar_run
 
 DATA_DIM, LATENT_DIM, NUM_POINTS = 10, 3, 2
+DIAGONAL = Diagonal(LATENT_DIM)
+GROUPS = tuple(DIAGONAL.groups)  # loc, log_scale
 
 
 @pytest.fixture
-def problem() -> tuple[LinearGaussianDecoder, torch.Tensor, torch.Tensor, torch.Tensor]:
+def problem() -> tuple[LinearGaussianDecoder, torch.Tensor, torch.Tensor]:
     """A linear-Gaussian decoder, two points, and a q that is not the optimum (the gradient is non-zero)."""
     torch.manual_seed(0)
     decoder = LinearGaussianDecoder(DATA_DIM, LATENT_DIM, init_scale=0.7)
@@ -36,16 +38,16 @@ def problem() -> tuple[LinearGaussianDecoder, torch.Tensor, torch.Tensor, torch.
     x = decoder.sample(torch.randn(NUM_POINTS, LATENT_DIM)).detach()
     loc = 0.5 * torch.randn(NUM_POINTS, LATENT_DIM)
     log_scale = -0.5 + 0.2 * torch.randn(NUM_POINTS, LATENT_DIM)
-    return decoder, x, loc, log_scale
+    return decoder, x, DIAGONAL.pack(loc, log_scale)
 
 
 @pytest.mark.parametrize("name", ["reparameterization", "score_function", "score_function_loo"])
 def test_estimators_are_unbiased(problem, name: str) -> None:
-    decoder, x, loc, log_scale = problem
+    decoder, x, params = problem
     torch.manual_seed(1)
-    exact = exact_gradient(decoder, x, loc, log_scale)
+    exact = exact_gradient(decoder, DIAGONAL, x, params)
     repeats = 20_000
-    grads = estimate(name, decoder, x, loc, log_scale, num_samples=2, num_repeats=repeats)
+    grads = estimate(name, decoder, DIAGONAL, x, params, num_samples=2, num_repeats=repeats)
     for group in GROUPS:
         assert grads[group].shape == (repeats, NUM_POINTS, LATENT_DIM)
         assert exact[group].abs().max() > 0.5  # a real gradient, not a trivially matched zero
@@ -61,19 +63,20 @@ def test_estimators_are_unbiased(problem, name: str) -> None:
 
 def test_a_biased_estimate_is_detected(problem) -> None:
     """The check above can fail: dropping the KL term's gradient moves the mean by many s.e."""
-    decoder, x, loc, log_scale = problem
+    decoder, x, params = problem
     torch.manual_seed(1)
-    exact = exact_gradient(decoder, x, loc, log_scale)
-    grads = reparameterization_gradient(decoder, x, loc, log_scale, num_samples=2, num_repeats=5000)
-    biased = grads["loc"] + loc  # the KL gradient added back
+    exact = exact_gradient(decoder, DIAGONAL, x, params)
+    grads = reparameterization_gradient(decoder, DIAGONAL, x, params, num_samples=2, num_repeats=5000)
+    loc = DIAGONAL.unpack(params)[0]
+    biased = grads[..., :LATENT_DIM] + loc  # the KL gradient added back
     z = (biased.mean(0) - exact["loc"]) / (biased.std(0) / math.sqrt(5000))
     assert z.abs().max() > 10
 
 
 def test_score_function_variance_is_larger(problem) -> None:
-    decoder, x, loc, log_scale = problem
+    decoder, x, params = problem
     torch.manual_seed(2)
-    results = compare_estimators(decoder, x, loc, log_scale, num_samples=4, num_repeats=2000)
+    results = compare_estimators(decoder, DIAGONAL, x, params, num_samples=4, num_repeats=2000)
     for group in GROUPS:
         plain = results["score_function"][group]
         loo = results["score_function_loo"][group]
@@ -85,18 +88,26 @@ def test_score_function_variance_is_larger(problem) -> None:
 
 
 def test_leave_one_out_needs_two_samples(problem) -> None:
-    decoder, x, loc, log_scale = problem
+    decoder, x, params = problem
     with pytest.raises(ValueError, match="num_samples >= 2"):
-        score_function_gradient(decoder, x, loc, log_scale, num_samples=1, baseline="loo")
+        score_function_gradient(decoder, DIAGONAL, x, params, num_samples=1, baseline="loo")
     with pytest.raises(ValueError, match="baseline"):
-        score_function_gradient(decoder, x, loc, log_scale, num_samples=2, baseline="mean")
-    results = compare_estimators(decoder, x, loc, log_scale, num_samples=1, num_repeats=10)
+        score_function_gradient(decoder, DIAGONAL, x, params, num_samples=2, baseline="mean")
+    results = compare_estimators(decoder, DIAGONAL, x, params, num_samples=1, num_repeats=10)
     assert "score_function_loo" not in results
 
 
+def test_the_score_function_needs_a_closed_form_density(problem) -> None:
+    """A planar flow has no log q(z) at a given z: the score function refuses it, naming why."""
+    decoder, x, _ = problem
+    flow = PlanarFlow(LATENT_DIM, 2)
+    with pytest.raises(NotImplementedError, match="log q"):
+        score_function_gradient(decoder, flow, x, flow.prior(NUM_POINTS), num_samples=2)
+
+
 def test_repeats_are_chunked_to_the_memory_budget(problem) -> None:
-    decoder, x, loc, log_scale = problem
-    grads = estimate("reparameterization", decoder, x, loc, log_scale, 3, 50, memory_budget_mb=1e-4)
+    decoder, x, params = problem
+    grads = estimate("reparameterization", decoder, DIAGONAL, x, params, 3, 50, memory_budget_mb=1e-4)
     assert grads["loc"].shape == (50, NUM_POINTS, LATENT_DIM)
     assert grads["loc"].std(0).min() > 0  # independent repeats, not one chunk copied
 

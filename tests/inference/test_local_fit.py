@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import torch
 
+from tests.linear_gaussian import DIAGONAL
 from vi_lab.config import EvalConfig, InnerLoopConfig
 from vi_lab.inference.local_fit import RowState, fit_local
 from vi_lab.models.posteriors import LocalPosterior
@@ -17,13 +18,14 @@ def _parameters(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
 
-def _gap_to_best(decoder, x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """L[q*] - L[q] per point, in closed form, (N,)."""
+def _gap_to_best(decoder, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """L[q*] - L[q] per point of diagonal q's, in closed form, (N,)."""
     with torch.no_grad():
-        return decoder.exact_elbo(x, *decoder.best_diagonal(x)) - decoder.exact_elbo(x, loc, log_scale)
+        best = DIAGONAL.pack(*decoder.best_diagonal(x))
+        return decoder.exact_elbo(x, DIAGONAL, best) - decoder.exact_elbo(x, DIAGONAL, params)
 
 
-def _plain_adam(decoder, x: torch.Tensor, num_steps: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _plain_adam(decoder, x: torch.Tensor, num_steps: int, lr: float) -> torch.Tensor:
     """The textbook reference: torch's Adam on (loc, log_scale) from the prior, one sample per step."""
     from vi_lab.inference.objectives import elbo
 
@@ -32,9 +34,9 @@ def _plain_adam(decoder, x: torch.Tensor, num_steps: int, lr: float) -> tuple[to
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
     for _ in range(num_steps):
         optimizer.zero_grad()
-        (-elbo(decoder, x, loc, log_scale)["elbo"].sum()).backward()
+        (-elbo(decoder, DIAGONAL, x, DIAGONAL.pack(loc, log_scale))["elbo"].sum()).backward()
         optimizer.step()
-    return loc.detach(), log_scale.detach()
+    return DIAGONAL.pack(loc, log_scale).detach()
 
 
 def _paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -45,7 +47,7 @@ def _paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def test_inner_loop_moves_only_rows_in_idx_and_never_the_decoder(linear_model, linear_data):
     torch.manual_seed(0)
-    posterior = LocalPosterior(200, 4, InnerLoopConfig(max_steps=10, lr=0.05))
+    posterior = LocalPosterior(200, DIAGONAL, InnerLoopConfig(max_steps=10, lr=0.05))
     before_table = posterior.params.clone()
     before_decoder = _parameters(linear_model)
     idx = torch.tensor([3, 17, 42, 199])
@@ -65,7 +67,7 @@ def test_second_visit_continues_or_resets_the_row_optimizer_state(linear_model, 
     idx = torch.tensor([0, 1])
     for reset in (False, True):
         torch.manual_seed(1)
-        posterior = LocalPosterior(200, 4, InnerLoopConfig(max_steps=5, lr=0.05, reset_state=reset))
+        posterior = LocalPosterior(200, DIAGONAL, InnerLoopConfig(max_steps=5, lr=0.05, reset_state=reset))
         posterior.update(linear_model, linear_data[idx], idx)
         first_moment = posterior.exp_avg[idx].clone()
         posterior.update(linear_model, linear_data[idx], idx)
@@ -82,7 +84,7 @@ def test_rows_stop_on_their_own(linear_model, linear_data):
     with torch.no_grad():
         loc[1] += 5.0
     config = replace(EvalConfig().refine, max_steps=3000)
-    fit = fit_local(linear_model, x, RowState.start_at(loc, log_scale), config)
+    fit = fit_local(linear_model, DIAGONAL, x, RowState.start_at(DIAGONAL.pack(loc, log_scale)), config)
     assert fit.steps[0] < fit.steps[1] < 3000
 
 
@@ -90,8 +92,8 @@ def test_fit_reaches_the_closed_form_best_diagonal(linear_model, linear_data):
     """From the prior, the refinement defaults reach q* within 0.01 nats per point."""
     torch.manual_seed(3)
     x = linear_data[:100]
-    fit = fit_local(linear_model, x, RowState.prior(100, 4, x.device), EvalConfig().refine)
-    gap = _gap_to_best(linear_model, x, fit.state.loc, fit.state.log_scale)
+    fit = fit_local(linear_model, DIAGONAL, x, RowState.prior(100, DIAGONAL, x.device), EvalConfig().refine)
+    gap = _gap_to_best(linear_model, x, fit.state.params)
     assert gap.mean() < 0.01, gap.mean()
     assert gap.min() > -1e-3  # nothing beats the optimum of the family
     assert not fit.capped.any()
@@ -103,11 +105,13 @@ def test_one_visit_is_as_good_as_plain_adam(linear_model, linear_data):
     (paired over 200 points, within 3 standard errors + 0.5 nats)."""
     config = InnerLoopConfig()
     torch.manual_seed(4)
-    fit = fit_local(linear_model, linear_data, RowState.prior(200, 4, linear_data.device), config)
+    fit = fit_local(
+        linear_model, DIAGONAL, linear_data, RowState.prior(200, DIAGONAL, linear_data.device), config
+    )
     assert (fit.steps == config.max_steps).all()
-    ours = _gap_to_best(linear_model, linear_data, fit.state.loc, fit.state.log_scale)
+    ours = _gap_to_best(linear_model, linear_data, fit.state.params)
     reference = _gap_to_best(
-        linear_model, linear_data, *_plain_adam(linear_model, linear_data, config.max_steps, config.lr)
+        linear_model, linear_data, _plain_adam(linear_model, linear_data, config.max_steps, config.lr)
     )
     mean, se = _paired(ours, reference)
     assert mean < 3 * se + 0.5, (mean, se)
@@ -115,9 +119,11 @@ def test_one_visit_is_as_good_as_plain_adam(linear_model, linear_data):
     # negative control: a loop that stops at its first chance (step 10) is measurably worse
     early = replace(config, tol=math.inf, confidence=0.0, check_every=5, stop_windows=2)
     torch.manual_seed(4)
-    stopped = fit_local(linear_model, linear_data, RowState.prior(200, 4, linear_data.device), early)
+    stopped = fit_local(
+        linear_model, DIAGONAL, linear_data, RowState.prior(200, DIAGONAL, linear_data.device), early
+    )
     assert (stopped.steps == 10).all()
-    worse = _gap_to_best(linear_model, linear_data, stopped.state.loc, stopped.state.log_scale)
+    worse = _gap_to_best(linear_model, linear_data, stopped.state.params)
     mean, se = _paired(worse, reference)
     assert mean > 3 * se + 0.5, (mean, se)
 
@@ -125,13 +131,12 @@ def test_one_visit_is_as_good_as_plain_adam(linear_model, linear_data):
 def test_visits_with_a_frozen_decoder_add_up_to_a_long_adam_run(linear_model, linear_data):
     """Ten visits of 20 steps (state kept) reach what 200 plain Adam steps reach."""
     torch.manual_seed(5)
-    posterior = LocalPosterior(200, 4, InnerLoopConfig())
+    posterior = LocalPosterior(200, DIAGONAL, InnerLoopConfig())
     idx = torch.arange(200)
     for _ in range(10):
         posterior.update(linear_model, linear_data, idx)
-    loc, log_scale = posterior(linear_data, idx)
-    ours = _gap_to_best(linear_model, linear_data, loc, log_scale)
-    reference = _gap_to_best(linear_model, linear_data, *_plain_adam(linear_model, linear_data, 200, 0.05))
+    ours = _gap_to_best(linear_model, linear_data, posterior(linear_data, idx))
+    reference = _gap_to_best(linear_model, linear_data, _plain_adam(linear_model, linear_data, 200, 0.05))
     mean, se = _paired(ours, reference)
     assert mean < 3 * se + 0.1, (mean, se)
     assert ours.mean() < 2.0  # within a couple of nats of q* (the old noise-driven rule: 15 nats)
@@ -144,11 +149,13 @@ def test_a_stopped_row_is_as_close_to_its_optimum_as_running_on(linear_model, li
     is decided only once that floor is reached (paired, within 3 standard errors + 0.1)."""
     config = InnerLoopConfig(max_steps=3000)
     torch.manual_seed(6)
-    fit = fit_local(linear_model, linear_data, RowState.prior(200, 4, linear_data.device), config)
+    fit = fit_local(
+        linear_model, DIAGONAL, linear_data, RowState.prior(200, DIAGONAL, linear_data.device), config
+    )
     stopped = ~fit.capped
     assert stopped.sum() > 150 and fit.steps[stopped].float().mean() < 1500  # most rows stop, early
-    gap = _gap_to_best(linear_model, linear_data, fit.state.loc, fit.state.log_scale)
-    reference = _gap_to_best(linear_model, linear_data, *_plain_adam(linear_model, linear_data, 3000, 0.05))
+    gap = _gap_to_best(linear_model, linear_data, fit.state.params)
+    reference = _gap_to_best(linear_model, linear_data, _plain_adam(linear_model, linear_data, 3000, 0.05))
     mean, se = _paired(gap[stopped], reference[stopped])
     assert mean < 3 * se + 0.1, (mean, se)
     assert gap[stopped].mean() < 1.0
@@ -177,12 +184,12 @@ def test_a_row_does_not_stop_while_its_elbo_still_rises(linear_data):
     x = torch.zeros(1000, 1)
     config = InnerLoopConfig(max_steps=200)
     torch.manual_seed(7)
-    fit = fit_local(decoder, x, RowState.prior(1000, 4, x.device), config)
+    fit = fit_local(decoder, DIAGONAL, x, RowState.prior(1000, DIAGONAL, x.device), config)
     assert fit.capped.all() and (fit.steps == 200).all()
 
     torch.manual_seed(7)
     naive_rule = replace(config, confidence=0.0, stop_windows=2, check_samples=2)
-    naive = fit_local(decoder, x, RowState.prior(1000, 4, x.device), naive_rule)
+    naive = fit_local(decoder, DIAGONAL, x, RowState.prior(1000, DIAGONAL, x.device), naive_rule)
     assert (~naive.capped).sum() > 10
 
 
@@ -190,8 +197,8 @@ def test_the_check_compares_the_same_noise_for_both_windows(linear_model, linear
     """Common random numbers: the gain of a q over itself is exactly zero with zero error."""
     from vi_lab.inference.local_fit import window_gain
 
-    params = torch.randn(50, 2, 4) * 0.3
-    gain, se = window_gain(linear_model, linear_data[:50], params, params.clone(), 8)
+    params = torch.randn(50, 8) * 0.3
+    gain, se = window_gain(linear_model, DIAGONAL, linear_data[:50], params, params.clone(), 8)
     assert torch.equal(gain, torch.zeros(50)) and torch.equal(se, torch.zeros(50))
 
 
@@ -219,13 +226,13 @@ def test_rows_that_stopped_cost_no_gradient_passes(linear_model, linear_data):
         loc[:2] += 30.0  # about 300 steps of lr 0.1 away
     counter = _GradientPassCounter(linear_model)
     config = replace(EvalConfig().refine, max_steps=3000, check_every=20, num_decays=2)
-    fit = fit_local(counter, x, RowState.start_at(loc, log_scale), config)
+    fit = fit_local(counter, DIAGONAL, x, RowState.start_at(DIAGONAL.pack(loc, log_scale)), config)
     samples = config.num_samples
     assert counter.pairs <= 2 * samples * fit.steps.sum().item()
     carried = samples * 40 * fit.steps.max().item()  # without compaction
     assert counter.pairs < 0.5 * carried, (counter.pairs, carried)
     # Every row is back in its place, near its own q* (two halvings leave some Adam jitter);
     # a row put in another row's place would be nats away (the negative control).
-    gap = _gap_to_best(linear_model, x, fit.state.loc, fit.state.log_scale)
-    swapped = _gap_to_best(linear_model, x, fit.state.loc.roll(1, 0), fit.state.log_scale.roll(1, 0))
+    gap = _gap_to_best(linear_model, x, fit.state.params)
+    swapped = _gap_to_best(linear_model, x, fit.state.params.roll(1, 0))
     assert gap.max() < 0.5 < swapped.median() and not fit.capped.any(), (gap.max(), swapped.median())

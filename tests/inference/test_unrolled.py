@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tests.linear_gaussian import DATA_DIM, LATENT_DIM, dense_decoder, noisy_data
+from tests.linear_gaussian import DATA_DIM, DIAGONAL, LATENT_DIM, dense_decoder, noisy_data
 from vi_lab.config import EncoderGradient, RefineOptimizer, RefineStepsConfig
 from vi_lab.inference.objectives import elbo_and_gradient, training_terms
 from vi_lab.inference.unrolled import refine_steps
@@ -24,8 +24,12 @@ def _semi_amortized(
     """A float64 linear-Gaussian decoder, a small random encoder and 8 data points."""
     decoder = dense_decoder().double()
     torch.manual_seed(0)
-    encoder = Encoder(mlp([DATA_DIM, 16, 2 * LATENT_DIM]), LATENT_DIM).double()
-    return decoder, SemiAmortizedPosterior(encoder, config), noisy_data(dense_decoder())[:8].double()
+    encoder = Encoder(mlp([DATA_DIM, 16, 2 * LATENT_DIM]), 2 * LATENT_DIM).double()
+    return (
+        decoder,
+        SemiAmortizedPosterior(encoder, DIAGONAL, config),
+        noisy_data(dense_decoder())[:8].double(),
+    )
 
 
 def _objective(decoder, posterior: SemiAmortizedPosterior, x: torch.Tensor, straight_through: bool = False):
@@ -35,12 +39,10 @@ def _objective(decoder, posterior: SemiAmortizedPosterior, x: torch.Tensor, stra
     torch.manual_seed(123)
     if not straight_through:
         return posterior.training_terms(decoder, x, torch.arange(x.shape[0]), beta=0.7)["objective"].mean()
-    loc, log_scale = posterior.encoder(x)
-    steps = refine_steps(decoder, x, loc, log_scale, posterior.refine, beta=0.7)
-    shifted = [
-        start + (end - start).detach() for start, end in ((loc, steps.loc), (log_scale, steps.log_scale))
-    ]
-    return training_terms(decoder, x, *shifted, beta=0.7)["objective"].mean()
+    start = posterior.encoder(x)
+    steps = refine_steps(decoder, DIAGONAL, x, start, posterior.refine, beta=0.7)
+    shifted = start + (steps.params - start).detach()
+    return training_terms(decoder, DIAGONAL, x, shifted, beta=0.7)["objective"].mean()
 
 
 @pytest.mark.parametrize("optimizer", [RefineOptimizer.sgd, RefineOptimizer.adam])
@@ -89,10 +91,11 @@ def test_gradient_through_the_steps_matches_finite_differences(optimizer):
         assert abs(ignored - finite) > 1e-3 * abs(finite)
 
 
-def _exact_gap(decoder, x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """L[q*] - L[q] per point in closed form, (N,)."""
+def _exact_gap(decoder, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """L[q*] - L[q] per point of diagonal q's in closed form, (N,)."""
     with torch.no_grad():
-        return decoder.exact_elbo(x, *decoder.best_diagonal(x)) - decoder.exact_elbo(x, loc, log_scale)
+        best = DIAGONAL.pack(*decoder.best_diagonal(x))
+        return decoder.exact_elbo(x, DIAGONAL, best) - decoder.exact_elbo(x, DIAGONAL, params)
 
 
 def _paired(diff: torch.Tensor) -> tuple[float, float]:
@@ -113,12 +116,13 @@ def test_steps_move_the_guess_towards_the_closed_form_best_q(linear_model, linea
     best_loc, best_log_scale = linear_model.best_diagonal(linear_data)
     loc = best_loc.detach() + torch.randn_like(best_loc)
     log_scale = best_log_scale.detach() + 0.5 * torch.randn_like(best_log_scale)
-    gaps = [_exact_gap(linear_model, linear_data, loc, log_scale)]
+    guess = DIAGONAL.pack(loc, log_scale)
+    gaps = [_exact_gap(linear_model, linear_data, guess)]
     for num_steps in (2, 10, 50):
         config = RefineStepsConfig(num_steps=num_steps, lr=lr, optimizer=optimizer)
         with torch.no_grad():
-            steps = refine_steps(linear_model, linear_data, loc, log_scale, config)
-        gaps.append(_exact_gap(linear_model, linear_data, steps.loc, steps.log_scale))
+            steps = refine_steps(linear_model, DIAGONAL, linear_data, guess, config)
+        gaps.append(_exact_gap(linear_model, linear_data, steps.params))
         gain, se = _paired(gaps[0] - gaps[-1])  # L[q_K] - L[q_0]
         assert gain - 3 * se > 0, (num_steps, gain, se)
     for before, after in itertools.pairwise(gaps):
@@ -128,8 +132,8 @@ def test_steps_move_the_guess_towards_the_closed_form_best_q(linear_model, linea
 
     config = RefineStepsConfig(num_steps=3, lr=0.05, optimizer=RefineOptimizer.sgd, max_grad_norm=0.0)
     with torch.no_grad():
-        steps = refine_steps(linear_model, linear_data, loc, log_scale, config)
-    worse, _ = _paired(_exact_gap(linear_model, linear_data, steps.loc, steps.log_scale) - gaps[0])
+        steps = refine_steps(linear_model, DIAGONAL, linear_data, guess, config)
+    worse, _ = _paired(_exact_gap(linear_model, linear_data, steps.params) - gaps[0])
     assert worse > 0
 
 
@@ -148,13 +152,13 @@ def test_stop_gradient_trains_the_encoder_on_its_own_elbo():
     for p in [*encoder.parameters(), *decoder.parameters()]:
         p.grad = None
     torch.manual_seed(5)
-    loc, log_scale = encoder(x)
-    _, grad_loc, grad_log_scale = elbo_and_gradient(decoder, x, loc.detach(), log_scale.detach(), 1, 0.5)
-    assert grad_loc.norm(dim=1).min() > 10 * config.max_grad_norm
-    torch.autograd.backward([loc, log_scale], [grad_loc / batch, grad_log_scale / batch])
+    start = encoder(x)
+    grad = elbo_and_gradient(decoder, DIAGONAL, x, start.detach(), 1, 0.5).grad
+    assert grad[:, :LATENT_DIM].norm(dim=1).min() > 10 * config.max_grad_norm
+    torch.autograd.backward([start], [grad / batch])
     torch.manual_seed(5)
-    steps = refine_steps(decoder, x, *encoder(x), config, beta=0.5)
-    training_terms(decoder, x, steps.loc, steps.log_scale, 1, 0.5)["objective"].mean().backward()
+    steps = refine_steps(decoder, DIAGONAL, x, encoder(x), config, beta=0.5)
+    training_terms(decoder, DIAGONAL, x, steps.params, 1, 0.5)["objective"].mean().backward()
     expected = [p.grad for p in [*encoder.parameters(), *decoder.parameters()]]
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)

@@ -91,7 +91,7 @@ def test_every_row_is_owned_and_updated_by_one_rank(job):
         assert state["posterior.params"].shape[0] == len(range(rank, num_rows, 2))  # half the table each
         for name in ("params", "exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(state[f"posterior.{name}"], getattr(gathered, name)[rank::2])
-    assert bool((gathered.params != 0).any(2).any(1).all())  # every row moved from the prior
+    assert bool((gathered.params != 0).any(1).all())  # every row moved from the prior
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.linear_gaussian import LATENT_DIM, dense_decoder, noisy_data, prior
+from tests.linear_gaussian import DIAGONAL, LATENT_DIM, best_q, dense_decoder, noisy_data, prior
 from vi_lab.cli import main
 from vi_lab.config import EvalConfig, load_config
 from vi_lab.inference.objectives import LogLikelihood
@@ -247,13 +247,15 @@ def test_fit_observed_gives_every_chunk_its_own_mask() -> None:
     decoder = dense_decoder()
     x = noisy_data(decoder, num_points=6)
     observed = torch.tensor([[True], [False]] * 3).expand(6, x.shape[1])
-    start = torch.ones(6, LATENT_DIM)
-    fit = fit_observed(decoder, x, observed, start, start.clone(), EvalConfig().refine, batch_size=1)
-    assert fit.loc[1::2].abs().max() < 0.05 and fit.log_scale[1::2].abs().max() < 0.05
-    best = decoder.exact_elbo(x[0::2], *decoder.best_diagonal(x[0::2]))
-    reached = decoder.exact_elbo(x[0::2], fit.loc[0::2], fit.log_scale[0::2])
+    start = torch.ones(6, 2 * LATENT_DIM)
+    fit = fit_observed(decoder, DIAGONAL, x, observed, start, EvalConfig().refine, batch_size=1)
+    assert fit.params[1::2].abs().max() < 0.05
+    best = decoder.exact_elbo(x[0::2], DIAGONAL, best_q(decoder, x[0::2]))
+    reached = decoder.exact_elbo(x[0::2], DIAGONAL, fit.params[0::2])
     assert (best - reached).max() < 0.3  # the refinement defaults' tolerance: 0.05 nats per window
-    assert (best - decoder.exact_elbo(x[0::2], *prior(x[0::2]))).min() > 1.0  # the prior is far from q*
+    assert (
+        best - decoder.exact_elbo(x[0::2], DIAGONAL, prior(x[0::2]))
+    ).min() > 1.0  # the prior is far from q*
 
 
 def test_fit_observed_keeps_each_row_with_its_mask_when_rows_drop_out(monkeypatch) -> None:
@@ -266,8 +268,8 @@ def test_fit_observed_keeps_each_row_with_its_mask_when_rows_drop_out(monkeypatc
     x = noisy_data(decoder, num_points=8)
     observed = torch.ones(8, x.shape[1], dtype=torch.bool)
     observed[6:] = False
-    loc, log_scale = decoder.best_diagonal(x)
-    loc[6:] += 3.0
+    start = best_q(decoder, x)
+    start[6:, :LATENT_DIM] += 3.0
     scored_rows = []
 
     def recording(decoder, x, observed, z):
@@ -275,11 +277,11 @@ def test_fit_observed_keeps_each_row_with_its_mask_when_rows_drop_out(monkeypatc
         return masked_log_prob(decoder, x, observed, z)
 
     monkeypatch.setattr(impute, "masked_log_prob", recording)
-    fit = fit_observed(decoder, x, observed, loc, log_scale, EvalConfig().refine, batch_size=8)
+    fit = fit_observed(decoder, DIAGONAL, x, observed, start, EvalConfig().refine, batch_size=8)
     assert scored_rows[0] == 8 and min(scored_rows) == 2  # the working set was compacted
-    assert fit.loc[6:].abs().max() < 0.05 and fit.log_scale[6:].abs().max() < 0.05
-    best = decoder.exact_elbo(x[:6], *decoder.best_diagonal(x[:6]))
-    assert (best - decoder.exact_elbo(x[:6], fit.loc[:6], fit.log_scale[:6])).max() < 0.3
+    assert fit.params[6:].abs().max() < 0.05
+    best = decoder.exact_elbo(x[:6], DIAGONAL, best_q(decoder, x[:6]))
+    assert (best - decoder.exact_elbo(x[:6], DIAGONAL, fit.params[:6])).max() < 0.3
 
 
 def test_impute_beats_the_mean_on_the_linear_gaussian_model(lg_run) -> None:
@@ -322,7 +324,7 @@ def test_embed_writes_the_projector(amortized_run) -> None:
     folder = amortized_run / f"{step:05d}" / "uses%2fembedding"
     vectors = np.loadtxt(folder / "tensors.tsv")
     with torch.no_grad():
-        loc, _ = run.model.posterior.infer(run.model.decoder, run.data.x["test"][:30])
+        loc = run.model.family.center(run.model.posterior.infer(run.model.decoder, run.data.x["test"][:30]))
     assert vectors.shape == (30, 8) and np.allclose(vectors, loc.numpy(), atol=1e-5)
     labels = (folder / "metadata.tsv").read_text().splitlines()
     assert labels == [CLASS_NAMES[int(c)] for c in run.data.labels["test"][:30]]

@@ -7,7 +7,11 @@ statically (threshold, as in Cremer et al. 2018), dynamically (a fresh Bernoulli
 every epoch; valid/test are drawn once), or not at all. The `linear_gaussian` data
 are drawn from a seeded probabilistic-PCA model x = W z + b + sigma * eps (Tipping & Bishop
 1999), whose parameters are kept as `truth` (plain tensors: this package knows no models;
-`vi_lab.models.linear_gaussian.LinearGaussianDecoder.from_truth` rebuilds the model).
+`vi_lab.models.linear_gaussian.LinearGaussianDecoder.from_truth` rebuilds the model). The
+`banana` data come from a curved model with a 2-D latent, z ~ N(0, I),
+x = (z_1, z_2 + c (z_1^2 - 1)) + sigma * eps (the "banana" of Haario et al. 2001 as a
+likelihood): with a vague first coordinate and a sharp second one, its posteriors bend
+along a parabola (`vi_lab.models.banana.BananaDecoder.from_truth`).
 
 Every batch is `(x, idx)`: idx are the rows of the training split, so per-datapoint
 variational parameters find their rows. The whole split lives on the device and a
@@ -43,12 +47,29 @@ class LinearGaussianTruth:
 
 
 @dataclass
+class BananaTruth:
+    """The parameters that generated banana data: x = (z_1, z_2 + c (z_1^2 - 1)) + sigma * eps."""
+
+    curvature: float  # c
+    noise_std: Tensor  # sigma, (2,)
+
+    def to(self, device: torch.device) -> BananaTruth:
+        return BananaTruth(self.curvature, self.noise_std.to(device))
+
+
+def banana_mean(z: Tensor, curvature: float) -> Tensor:
+    """(z_1, z_2 + c (z_1^2 - 1)) for z (..., 2)."""
+    z1, z2 = z.unbind(-1)
+    return torch.stack([z1, z2 + curvature * (z1.square() - 1.0)], dim=-1)
+
+
+@dataclass
 class Data:
     x: dict[str, Tensor]  # split -> (N, P) float32; train holds intensities when dynamic
     labels: dict[str, Tensor | None]  # split -> (N,) int64, None for synthetic data
     image_shape: tuple[int, int, int] | None
     dynamic: bool  # resample binary training pixels every epoch
-    truth: LinearGaussianTruth | None = None  # the generating parameters of synthetic data
+    truth: LinearGaussianTruth | BananaTruth | None = None  # the generating parameters of synthetic data
 
     @property
     def data_dim(self) -> int:
@@ -87,7 +108,9 @@ def num_batches(num_points: int, batch_size: int) -> int:
 
 
 def load_data(config: DataConfig, device: torch.device) -> Data:
-    data = _linear_gaussian(config) if config.name == Dataset.linear_gaussian else _fashion_mnist(config)
+    data = {Dataset.linear_gaussian: _linear_gaussian, Dataset.banana: _banana}.get(
+        config.name, _fashion_mnist
+    )(config)
     for split in SPLITS:
         data.x[split] = data.x[split].to(device)
         if data.labels[split] is not None:
@@ -153,8 +176,24 @@ def _linear_gaussian(config: DataConfig) -> Data:
     z = torch.randn(spec.num_points, spec.latent_dim, generator=generator)
     noise = spec.noise_std * torch.randn(spec.num_points, spec.data_dim, generator=generator)
     x = z @ weight.T + bias + noise  # (N, P)
-    num_train = round(spec.num_points * 55 / 70)
-    num_valid = round(spec.num_points * 5 / 70)
+    return _synthetic(x, config, LinearGaussianTruth(weight, bias, spec.noise_std))
+
+
+def _banana(config: DataConfig) -> Data:
+    spec = config.banana
+    generator = torch.Generator().manual_seed(config.seed)
+    truth = BananaTruth(spec.curvature, torch.tensor(spec.noise_std))
+    z = torch.randn(spec.num_points, 2, generator=generator)
+    x = banana_mean(z, truth.curvature) + truth.noise_std * torch.randn(
+        spec.num_points, 2, generator=generator
+    )
+    return _synthetic(x, config, truth)
+
+
+def _synthetic(x: Tensor, config: DataConfig, truth: LinearGaussianTruth | BananaTruth) -> Data:
+    """Synthetic points x (N, P) split 55:5:10 into train, valid and test, in their order."""
+    num_train = round(x.shape[0] * 55 / 70)
+    num_valid = round(x.shape[0] * 5 / 70)
     split_x = {
         "train": x[:num_train],
         "valid": x[num_train : num_train + num_valid],
@@ -162,5 +201,4 @@ def _linear_gaussian(config: DataConfig) -> Data:
     }
     split_x["train"], _ = _subset(split_x["train"], None, config.num_train)
     split_x["valid"], _ = _subset(split_x["valid"], None, config.num_valid)
-    truth = LinearGaussianTruth(weight, bias, spec.noise_std)
     return Data(split_x, dict.fromkeys(SPLITS), None, False, truth=truth)

@@ -1,14 +1,19 @@
 """Annealed importance sampling of log p(x) with HMC transitions (Neal 2001; Wu et al. 2017).
 
-Chains start from q = N(loc, diag scale^2) and move through the intermediate densities
-    f_t(z) = (1 - beta_t) log q(z) + beta_t log p(x, z),   0 = beta_0 < ... < beta_T = 1.
-The log weight of a chain is sum_t [f_t(z_{t-1}) - f_{t-1}(z_{t-1})], valid for any kernel
-that leaves f_t invariant; here one HMC move (exact Metropolis-Hastings accept/reject)
-per step. The per-point step size moves by +-2% a step towards a target acceptance rate
-pooled over the point's chains, as in Wu et al.'s BDMC code. Strictly, a step size tuned
-on the chains' own past biases E[weight] slightly (measured on the test model: +0.7% with
-one chain, about +0.1% with 16). The estimate, logsumexp over chains of log weights
-- log C, is a stochastic lower bound on log p(x).
+The chains live in the coordinates of q's noise: u ~ N(0, I) and z = T(u; params), the
+family's reparameterization (`Family.draw`, any family, flows included), so that the
+target pulled back to u is log p(x, T(u)) + log |det dT/du| = log N(u) + w(u) with
+w(u) = log p(x, z) - log q(z), the log importance weight. Chains start from N(0, I) (that
+is, z ~ q) and move through the intermediate densities
+    f_t(u) = log N(u; 0, I) + beta_t w(u),   0 = beta_0 < ... < beta_T = 1,
+the geometric path (1 - beta_t) log q + beta_t log p(x, .) in z. The log weight of a chain
+is sum_t (beta_t - beta_{t-1}) w(u_{t-1}), valid for any kernel that leaves f_t invariant;
+here one HMC move (exact Metropolis-Hastings accept/reject) per step, in u: for a Gaussian
+q, HMC in z preconditioned by q's covariance. The per-point step size moves by +-2% a step
+towards a target acceptance rate pooled over the point's chains, as in Wu et al.'s BDMC
+code. Strictly, a step size tuned on the chains' own past biases E[weight] slightly
+(measured on the test model: +0.7% with one chain, about +0.1% with 16). The estimate,
+logsumexp over chains of log weights - log C, is a stochastic lower bound on log p(x).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import torch
 from torch import Tensor
 
 from vi_lab.chunking import bytes_per_pair, map_points
-from vi_lab.evaluation.iwae import check_inputs
+from vi_lab.evaluation.iwae import check_inputs, log_weights
 from vi_lab.inference import gaussian
-from vi_lab.inference.objectives import Decoder, log_joint
+from vi_lab.inference.families import Family
+from vi_lab.inference.objectives import Decoder
 
 SCHEDULES = ("sigmoid", "geometric", "linear")
 
@@ -48,48 +54,48 @@ def annealing_schedule(num_steps: int, schedule: str = "sigmoid") -> list[float]
 
 
 class _Chains(NamedTuple):
-    z: Tensor  # (C, B, D)
-    log_p: Tensor  # (C, B) log p(x, z)
-    log_q: Tensor  # (C, B) log q(z)
-    grad_log_p: Tensor  # (C, B, D) grad_z log p(x, z)
+    u: Tensor  # (C, B, D) the chains, in q's noise coordinates
+    w: Tensor  # (C, B) log p(x, z) - log q(z) at z = T(u)
+    log_base: Tensor  # (C, B) log N(u; 0, I)
+    grad_w: Tensor  # (C, B, D) grad_u w
 
 
-def _evaluate(decoder: Decoder, x: Tensor, loc: Tensor, log_scale: Tensor, z: Tensor) -> _Chains:
-    """Densities at z, with the gradient taken w.r.t. z only (parameters get no .grad)."""
+def _evaluate(decoder: Decoder, family: Family, x: Tensor, params: Tensor, u: Tensor) -> _Chains:
+    """w and its gradient at u, taken w.r.t. u only (parameters get no .grad)."""
     with torch.enable_grad():
-        z = z.detach().requires_grad_(True)
-        log_p = log_joint(decoder, x, z)  # (C, B)
-        (grad,) = torch.autograd.grad(log_p.sum(), z)
-    return _Chains(z.detach(), log_p.detach(), gaussian.log_density(z.detach(), loc, log_scale), grad)
+        u = u.detach().requires_grad_(True)
+        w = log_weights(decoder, family, x, params, u)  # (C, B)
+        (grad,) = torch.autograd.grad(w.sum(), u)
+    u = u.detach()
+    return _Chains(u, w.detach(), gaussian.log_standard_normal(u), grad)
 
 
 def _hmc_move(
     decoder: Decoder,
+    family: Family,
     x: Tensor,
-    loc: Tensor,
-    log_scale: Tensor,
+    params: Tensor,
     beta: float,
     eps: Tensor,
     num_leapfrog: int,
     chains: _Chains,
 ) -> tuple[_Chains, Tensor]:
     """One HMC move leaving f_beta invariant; returns the new chains and the acceptances (C, B)."""
-    inv_var = torch.exp(-2.0 * log_scale)  # (B, D)
 
     def grad_f(c: _Chains) -> Tensor:
-        return (1.0 - beta) * (loc - c.z) * inv_var + beta * c.grad_log_p  # (C, B, D)
+        return beta * c.grad_w - c.u  # (C, B, D)
 
     def f(c: _Chains) -> Tensor:
-        return (1.0 - beta) * c.log_q + beta * c.log_p  # (C, B)
+        return c.log_base + beta * c.w  # (C, B)
 
     # a random step-size jitter, drawn independently of the state, breaks the periodic
     # orbits of fixed-length trajectories on near-Gaussian targets without breaking invariance
-    eps = eps * (0.8 + 0.4 * torch.rand_like(chains.log_p)[..., None])  # (C, B, 1)
-    p0 = torch.randn_like(chains.z)  # (C, B, D)
+    eps = eps * (0.8 + 0.4 * torch.rand_like(chains.w)[..., None])  # (C, B, 1)
+    p0 = torch.randn_like(chains.u)  # (C, B, D)
     p = p0 + 0.5 * eps * grad_f(chains)
     proposal = chains
     for step in range(num_leapfrog):
-        proposal = _evaluate(decoder, x, loc, log_scale, proposal.z + eps * p)
+        proposal = _evaluate(decoder, family, x, params, proposal.u + eps * p)
         p = p + (eps if step < num_leapfrog - 1 else 0.5 * eps) * grad_f(proposal)
     log_accept = f(proposal) - 0.5 * p.pow(2).sum(-1) - f(chains) + 0.5 * p0.pow(2).sum(-1)  # (C, B)
     accept = torch.rand_like(log_accept).log() < log_accept  # (C, B); NaN proposals are rejected
@@ -102,9 +108,9 @@ def _hmc_move(
 
 def _ais_chunk(
     decoder: Decoder,
+    family: Family,
     x: Tensor,
-    loc: Tensor,
-    log_scale: Tensor,
+    params: Tensor,
     betas: list[float],
     num_leapfrog: int,
     num_chains: int,
@@ -112,24 +118,25 @@ def _ais_chunk(
     target_acceptance: float,
 ) -> Tensor:
     """AIS estimate (B,) for the points of one chunk, all chains batched."""
-    chains = _evaluate(decoder, x, loc, log_scale, gaussian.sample(loc, log_scale, num_chains))
-    log_w = torch.zeros_like(chains.log_p)  # (C, B)
+    start = torch.randn((num_chains, x.shape[0], family.latent_dim), dtype=x.dtype, device=x.device)
+    chains = _evaluate(decoder, family, x, params, start)
+    log_w = torch.zeros_like(chains.w)  # (C, B)
     eps = torch.full((1, x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (1, B, 1)
     for beta_prev, beta in itertools.pairwise(betas[:-1]):  # one HMC move for each 0 < beta_t < 1
-        log_w += (beta - beta_prev) * (chains.log_p - chains.log_q)
-        chains, accept = _hmc_move(decoder, x, loc, log_scale, beta, eps, num_leapfrog, chains)
+        log_w += (beta - beta_prev) * chains.w
+        chains, accept = _hmc_move(decoder, family, x, params, beta, eps, num_leapfrog, chains)
         rate = accept.to(x.dtype).mean(0)  # (B,)
         eps = eps * torch.where(rate > target_acceptance, 1.02, 0.98)[None, :, None]
-    log_w += (1.0 - betas[-2]) * (chains.log_p - chains.log_q)
+    log_w += (1.0 - betas[-2]) * chains.w
     return torch.logsumexp(log_w, 0) - math.log(num_chains)  # (B,)
 
 
 @torch.no_grad()
 def ais_log_marginal(
     decoder: Decoder,
+    family: Family,
     x: Tensor,
-    loc: Tensor,
-    log_scale: Tensor,
+    params: Tensor,
     num_steps: int = 500,
     num_leapfrog: int = 10,
     num_chains: int = 16,
@@ -138,7 +145,7 @@ def ais_log_marginal(
     memory_budget_mb: float = 512.0,
     schedule: str = "sigmoid",
 ) -> Tensor:
-    """Per-point AIS estimate of log p(x) starting from q = N(loc, diag exp(log_scale)^2), (B,).
+    """Per-point AIS estimate of log p(x) starting from the q's of params (B, P), (B,).
 
     Points are chunked so that num_chains * b * `bytes_per_pair(keep_graph=True)` fits the
     budget (at least one point per chunk); chains are never split.
@@ -150,15 +157,14 @@ def ais_log_marginal(
         raise ValueError(f"step_size must be positive, got {step_size}")
     if not 0 < target_acceptance < 1:
         raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
-    check_inputs(decoder, x, loc, log_scale, memory_budget_mb)
+    check_inputs(decoder, family, x, params, memory_budget_mb)
     betas = annealing_schedule(num_steps, schedule)
     pair = num_chains * bytes_per_pair(decoder, x, keep_graph=True)
     point_chunk = max(1, int(memory_budget_mb * 2**20) // pair)
     settings = (betas, num_leapfrog, num_chains, step_size, target_acceptance)
     return map_points(
-        lambda x, loc, log_scale: _ais_chunk(decoder, x, loc, log_scale, *settings),
+        lambda x, params: _ais_chunk(decoder, family, x, params.detach(), *settings),
         x,
-        loc,
-        log_scale,
+        params,
         size=point_chunk,
     )  # (B,)

@@ -1,11 +1,13 @@
 """`vi-lab evaluate` and `vi-lab compare`: the gaps of a trained run, on file and on screen.
 
-`evaluate_run` measures the gaps (`gaps.py`) on one split and writes RUN/eval/:
-gaps.json (means, standard errors, steps and seconds), points.npz (per-point values), the
-figures of `figures.py` as PNG, and into the run's TensorBoard: scalars `eval/{split}/...`
-(metric columns of the HParams tab), histograms of the per-point gaps and the figures.
-`compare_runs` puts several evaluated runs side by side as a markdown table, and can draw
-their budget curves.
+`evaluate_run` measures the gaps (`gaps.py`) on one split, in the run's own variational
+family and those of `eval.families`, and writes RUN/eval/: gaps.json (means, standard
+errors, steps and seconds; `families` holds each family's), points.npz (per-point values,
+other families' as `key.family`), the figures of `figures.py` as PNG, and into the run's
+TensorBoard: scalars `eval/{split}/...` and `eval/{split}/{family}/...` (metric columns of
+the HParams tab), histograms of the per-point gaps and the figures. `compare_runs` puts
+several evaluated runs side by side as markdown tables (with Cremer et al.'s table of the
+families where more than one was refined), and can draw their budget curves.
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from vi_lab import distributed
-from vi_lab.config import override
-from vi_lab.evaluation.figures import bound_scatter, budget_curves, gap_curves, gap_histograms
-from vi_lab.evaluation.gaps import measure_gaps
+from vi_lab.config import FamilyName, override
+from vi_lab.evaluation.figures import (
+    bound_scatter,
+    budget_curves,
+    gap_curves,
+    gap_histograms,
+    posterior_panels,
+)
+from vi_lab.evaluation.gaps import FAMILY_KEYS, eval_families, measure_gaps
 from vi_lab.runs.board import write_json
 from vi_lab.runs.figures import save_figure
 from vi_lab.runs.folder import load_run
@@ -31,7 +39,7 @@ ROWS = [
     ("elbo_inferred", "L[q] (posterior's own inference)"),
     ("elbo_refined", "L[q*] (refined)"),
     ("log_px", "log p(x)"),
-    ("log_px_exact", "log p(x) exact"),
+    ("log_px_exact", "log p(x) exact"),  # closed form, or quadrature for a 2-D latent
     ("amortization_gap", "amortization gap"),
     ("inferred_gap", "gap after own inference"),
     ("approximation_gap", "approximation gap"),
@@ -52,7 +60,8 @@ def evaluate_run(
     config = override(run.config.eval, overrides)
     x = run.data.x[config.split][: config.num_points]
     torch.manual_seed(run.config.seed)
-    report = measure_gaps(run.model, x, config, progress=progress and run.config.progress)
+    families = eval_families(run.model.family, config.families, run.config.inference)
+    report = measure_gaps(run.model, x, config, progress=progress and run.config.progress, families=families)
     summary = {
         "split": config.split,
         **report.summary(),
@@ -71,6 +80,10 @@ def evaluate_run(
         for key, _ in ROWS:
             if summary[key] is not None:
                 writer.add_scalar(f"eval/{config.split}/{key}", summary[key], run.step)
+        for name, entry in summary["families"].items():
+            for key in FAMILY_KEYS:
+                if entry[key] is not None:
+                    writer.add_scalar(f"eval/{config.split}/{name}/{key}", entry[key], run.step)
         for key in ("amortization_gap", "approximation_gap"):
             if key in points:
                 writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
@@ -81,6 +94,19 @@ def evaluate_run(
             f"{config.split}_bounds": bound_scatter(points),
             "gap_curves": gap_curves(history),
         }
+        if run.model.decoder.latent_dim == 2:
+            qs = (
+                {"encoder q": (families[0], run.model.posterior.guess(x))}
+                if run.model.posterior.amortized
+                else {}
+            )
+            qs.update(
+                {
+                    f"q* {name}": (f, report.refined[name].params)
+                    for name, f in zip(report.refined, families, strict=True)
+                }
+            )
+            figures[f"{config.split}_posteriors"] = posterior_panels(run.model.decoder, x, qs)
         for name, figure in figures.items():
             if figure is not None:
                 save_figure(figure, out / f"{name}.png", writer, f"eval/figures/{name}", run.step)
@@ -144,11 +170,47 @@ BUDGET_ROWS = [
 ]
 EVAL_ROWS = [
     ("points", lambda s: f"{s['num_points']} ({s['split']})"),
+    ("variational family", lambda s: s.get("family", "diagonal")),
     ("log p(x) estimator", lambda s: f"{s['estimator']} ({s['num_samples']})"),
     ("refine steps mean / max", lambda s: f"{s['refine_steps_mean']:.0f} / {s['refine_steps_max']}"),
     ("points at step cap", lambda s: str(s["refine_num_capped"])),
     ("refine s / log p s", lambda s: f"{s['refine_seconds']:.1f} / {s['log_px_seconds']:.1f}"),
 ]
+
+
+def format_families(summaries: list[dict[str, Any]], names: list[str]) -> str | None:
+    """Cremer et al. (2018), Table 2: log p(x), L[q*] of every family refined, L[q], and per family
+    the approximation and amortization gaps (± standard error), one column per run; None
+    when no run was refined in more than its own family."""
+    present = {f for s in summaries for f in s.get("families", {})}
+    families = [f.value for f in FamilyName if f.value in present]  # diagonal, full, flow
+    if not any(len(s.get("families", {})) > 1 for s in summaries):
+        return None
+
+    def cell(summary: dict[str, Any], family: str, key: str) -> str:
+        return _value(summary.get("families", {}).get(family, {}), key)
+
+    lines = [
+        "| families | "
+        + " | ".join(f"{n} ({s['family']}-trained)" for n, s in zip(names, summaries, strict=True))
+        + " |"
+    ]
+    lines.append("|---|" + "---|" * len(names))
+    lines.append("| log p(x) | " + " | ".join(_value(s, "log_px") for s in summaries) + " |")
+    for family in reversed(families):  # the most flexible first, as in Cremer et al.
+        lines.append(
+            f"| L[q*] {family} | " + " | ".join(cell(s, family, "elbo_refined") for s in summaries) + " |"
+        )
+    lines.append("| L[q] (encoder) | " + " | ".join(_value(s, "elbo_amortized") for s in summaries) + " |")
+    for family in families:
+        for key, label in (
+            ("approximation_gap", "approximation gap"),
+            ("amortization_gap", "amortization gap"),
+        ):
+            cells = [cell(s, family, key) for s in summaries]
+            if any(c != "—" for c in cells):
+                lines.append(f"| {label}, {family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def format_table(
@@ -165,7 +227,9 @@ def format_table(
         lines.append(f"| {label} | " + " | ".join(_value(s, key) for s in summaries) + " |")
     for label, cell in EVAL_ROWS:
         lines.append(f"| {label} | " + " | ".join(cell(s) for s in summaries) + " |")
-    return "\n".join(lines)
+    table = "\n".join(lines)
+    families = format_families(summaries, names)
+    return table if families is None else f"{table}\n\n{families}"
 
 
 def compare_runs(run_dirs: list[str | Path], figure: str | Path | None = None) -> str:

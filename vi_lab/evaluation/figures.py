@@ -2,10 +2,12 @@
 
 Per evaluated run (from points.npz and metrics.json): histograms of the per-point
 amortization gap L[q*] − L[q] and approximation gap log p(x) − L[q*] (Cremer, Li &
-Duvenaud 2018, §3); the scatter of L[q] against L[q*] per point (every point on or above
-the diagonal: refinement starts from the encoder's q); the validation gaps and the row gap
-over training. Across runs: validation log p(x) and L[q*] against decoder steps and
-training seconds, the curves behind `compare`'s equal-budget table.
+Duvenaud 2018, §3), one per variational family refined; the scatter of L[q] against L[q*]
+per point (every point on or above the diagonal: refinement starts from the encoder's q);
+for a 2-D latent, the exact posterior beside the encoder's q and each family's q* (their
+Fig. 2); the validation gaps and the row gap over training. Across runs: validation
+log p(x) and L[q*] against decoder steps and training seconds, the curves behind
+`compare`'s equal-budget table.
 """
 
 from __future__ import annotations
@@ -32,15 +34,70 @@ CURVES = [
 
 
 def gap_histograms(points: dict[str, np.ndarray]) -> Figure:
-    """One histogram per gap present (the amortization gap needs an encoder), nats per point."""
+    """One panel per gap present (the amortization gap needs an encoder), nats per point: a
+    histogram per variational family refined (`key.family` in points), the mean dashed."""
     keys = [key for key in GAP_LABELS if key in points]
     figure = new_figure(len(keys))
     for ax, key in zip(figure.axes, keys, strict=True):
-        values = points[key]
-        ax.hist(values, bins=min(30, max(5, len(values) // 5)), color="tab:blue", alpha=0.8)
-        ax.axvline(values.mean(), color="black", linestyle="--", linewidth=1)
+        families = {k.split(".", 1)[1]: v for k, v in points.items() if k.startswith(f"{key}.")} or {
+            "": points[key]
+        }
+        titles = []
+        for index, (family, values) in enumerate(families.items()):
+            color = f"C{index}"
+            label = family or None
+            ax.hist(values, bins=min(30, max(5, len(values) // 5)), color=color, alpha=0.5, label=label)
+            ax.axvline(values.mean(), color=color, linestyle="--", linewidth=1)
+            titles.append(f"{family} {values.mean():.2f} ± {standard_error(values):.2f}".strip())
         ax.set(xlabel=f"{GAP_LABELS[key]} (nats)", ylabel="points")
-        ax.set_title(f"mean {values.mean():.2f} ± {standard_error(values):.2f}", fontsize=10)
+        ax.set_title("mean " + "; ".join(titles), fontsize=9)
+        if len(families) > 1:
+            ax.legend(fontsize=8)
+    return figure
+
+
+def posterior_panels(decoder: Any, x: Any, qs: dict[str, tuple[Any, Any]], num_points: int = 3) -> Figure:
+    """For the first points of a 2-D latent model, one row each: the exact posterior
+    p(z | x) ∝ p(x | z) p(z) on its quadrature window, then each q of `qs` ({label: (family,
+    params)}) as a histogram of its samples on the same window (Cremer et al. 2018, Fig. 2)."""
+    import torch
+
+    from vi_lab.evaluation.quadrature import grid_log_marginal, log_integrand
+
+    x = x[:num_points]
+    num_points = x.shape[0]
+    nodes = 129
+    with torch.no_grad():
+        window = grid_log_marginal(decoder, x)
+        grid = log_integrand(decoder, x, window.lower, window.upper, nodes, 64.0)  # (n, nodes, nodes)
+        weights = torch.softmax(grid.flatten(1), 1).view_as(grid)  # the posterior on the grid
+        t = torch.linspace(0.0, 1.0, nodes, dtype=x.dtype, device=x.device)
+        axes_z = window.lower[:, :, None] + (window.upper - window.lower)[:, :, None] * t  # (n, 2, nodes)
+        marginals = torch.stack([weights.sum(2), weights.sum(1)], 1)  # (n, 2, nodes)
+        mean = (marginals * axes_z).sum(-1)
+        std = ((marginals * (axes_z - mean[..., None]).square()).sum(-1)).sqrt()
+        lower, upper = mean - 4 * std, mean + 4 * std  # the panels: 4 posterior std around its mean
+        exact = log_integrand(decoder, x, lower, upper, nodes, 64.0)
+    from matplotlib.figure import Figure
+
+    columns = 1 + len(qs)
+    figure = Figure(figsize=(2.6 * columns, 2.4 * num_points), dpi=100, layout="constrained")
+    axes = figure.subplots(num_points, columns, squeeze=False)
+    for i in range(num_points):
+        extent = (float(lower[i, 0]), float(upper[i, 0]), float(lower[i, 1]), float(upper[i, 1]))
+        panels = {"exact p(z | x)": (exact[i] - exact[i].max()).exp().T.cpu().numpy()}
+        for label, (family, params) in qs.items():
+            with torch.no_grad():
+                z = family.sample(params[i : i + 1], 20000).z[:, 0].cpu().numpy()  # (S, 2)
+            density, _, _ = np.histogram2d(
+                z[:, 0], z[:, 1], bins=64, range=[extent[:2], extent[2:]], density=True
+            )
+            panels[label] = density.T
+        for ax, (label, image) in zip(axes[i], panels.items(), strict=True):
+            ax.imshow(image, origin="lower", extent=extent, aspect="auto", cmap="viridis")
+            ax.set_title(label if i == 0 else "", fontsize=9)
+            ax.set(xticks=[], yticks=[])
+        axes[i, 0].set_ylabel(f"point {i}", fontsize=9)
     return figure
 
 

@@ -8,9 +8,15 @@ and, for every kind of posterior, the gap left by its own inference on new point
 with q_inferred = `posterior.infer`: the encoder's q (amortized), the encoder's q after
 the K training-time steps (semi-amortized: what the decoder learned from), the training
 inner loop run from the prior (per-datapoint).
-L[q*] comes from test-time refinement (`inference/refine.py`), log p(x) from the importance-
-weighted bound (`iwae.py`) or AIS (`ais.py`) with the refined q as proposal. Means
-are per datapoint in nats, each with the standard error of its per-point values.
+L[q*] comes from test-time refinement (`inference/refine.py`) in the run's own family and,
+on request (`eval.families`), in other families on the same points, giving Cremer et al.'s
+Table 2: L[q*_F] per family F, with approximation gap log p(x) - L[q*_F] and amortization
+gap L[q*_F] - L[q]. The run's own family is refined from the posterior's guess (or the
+prior, `eval.init`), every other family from the prior. log p(x) comes from the
+importance-weighted bound (`iwae.py`) or AIS (`ais.py`) with, per point, the refined q of
+the family with the best L[q*] as proposal; `log_px_exact` from the closed form
+(linear-Gaussian) or quadrature (a 2-D latent, `quadrature.py`). Means are per datapoint
+in nats, each with the standard error of its per-point values.
 
 Every point is measured on its own, so under torchrun the points are sharded over the
 ranks (point j on rank j mod W, as `distributed.Shard` assigns rows) and the per-point
@@ -32,78 +38,131 @@ from torch import Tensor
 
 from vi_lab import distributed
 from vi_lab.chunking import map_points, memory_budget_mb
-from vi_lab.config import Estimator, EvalConfig, RefineInit
+from vi_lab.config import Estimator, EvalConfig, FamilyName, InferenceConfig, RefineInit
 from vi_lab.evaluation.ais import ais_log_marginal
 from vi_lab.evaluation.iwae import iwae_log_marginal
-from vi_lab.inference import gaussian
+from vi_lab.evaluation.quadrature import exact_log_marginal
+from vi_lab.inference.families import Family, build_family
 from vi_lab.inference.local_fit import window_gain
-from vi_lab.inference.objectives import chunked_elbo
+from vi_lab.inference.objectives import Decoder, chunked_elbo
 from vi_lab.inference.refine import refine
 from vi_lab.models.model import LatentVariableModel
 
 ELBO_SAMPLES = 100  # Monte Carlo samples behind each reported per-point ELBO
 
 
+SUMMARY_KEYS = (
+    "elbo_amortized",
+    "elbo_inferred",
+    "elbo_refined",
+    "log_px",
+    "log_px_exact",
+    "amortization_gap",
+    "inferred_gap",
+    "approximation_gap",
+    "inference_gap",
+)
+FAMILY_KEYS = ("elbo_refined", "approximation_gap", "amortization_gap")
+
+
+@dataclass
+class Refinement:
+    """q* of one family on the report's points."""
+
+    elbo: Tensor  # (N,) L[q*]
+    params: Tensor  # (N, P)
+    steps: Tensor  # (N,) refinement steps
+    capped: Tensor  # (N,) bool: still improving at the step cap
+    seconds: float
+
+
 @dataclass
 class GapReport:
+    family: str  # the run's own family: the first of `refined`
     elbo_amortized: Tensor | None  # (N,) L[q], None without an encoder
     elbo_inferred: Tensor  # (N,) L[q_inferred], q from `posterior.infer`
-    elbo_refined: Tensor  # (N,) L[q*]
+    refined: dict[str, Refinement]  # family name -> its q*, the run's own first
     log_px: Tensor  # (N,) log p^(x)
-    log_px_exact: Tensor | None  # (N,) for the linear-Gaussian decoder
-    refine_steps: Tensor  # (N,)
-    refine_capped: Tensor  # (N,) bool
-    refine_seconds: float
+    proposal: Tensor  # (N,) index into `refined` of the family whose q* was the proposal
+    log_px_exact: Tensor | None  # (N,) closed form or quadrature
+    log_px_exact_error: Tensor | None  # (N,) its error bound (0 for the closed form)
     log_px_seconds: float
     estimator: str
     num_samples: int
-    loc: Tensor  # (N, D) the refined q*
-    log_scale: Tensor  # (N, D)
+
+    @property
+    def own(self) -> Refinement:
+        return self.refined[self.family]
 
     def per_point(self) -> dict[str, np.ndarray]:
+        """Per-point values: the run's own family's unsuffixed, every family's as `key.family`."""
+        own = self.own
         values = {
             "elbo_amortized": self.elbo_amortized,
             "elbo_inferred": self.elbo_inferred,
-            "elbo_refined": self.elbo_refined,
+            "elbo_refined": own.elbo,
             "log_px": self.log_px,
             "log_px_exact": self.log_px_exact,
-            "refine_steps": self.refine_steps,
+            "log_px_exact_error": self.log_px_exact_error,
+            "refine_steps": own.steps,
+            "proposal": self.proposal,
         }
         if self.elbo_amortized is not None:
-            values["amortization_gap"] = self.elbo_refined - self.elbo_amortized
+            values["amortization_gap"] = own.elbo - self.elbo_amortized
             values["inference_gap"] = self.log_px - self.elbo_amortized
-        values["inferred_gap"] = self.elbo_refined - self.elbo_inferred
-        values["approximation_gap"] = self.log_px - self.elbo_refined
+        values["inferred_gap"] = own.elbo - self.elbo_inferred
+        values["approximation_gap"] = self.log_px - own.elbo
+        for name, refined in self.refined.items():
+            values[f"elbo_refined.{name}"] = refined.elbo
+            values[f"refine_steps.{name}"] = refined.steps
+            values[f"approximation_gap.{name}"] = self.log_px - refined.elbo
+            if self.elbo_amortized is not None:
+                values[f"amortization_gap.{name}"] = refined.elbo - self.elbo_amortized
         return {k: v.detach().cpu().numpy() for k, v in values.items() if v is not None}
 
     def summary(self) -> dict[str, Any]:
         points = self.per_point()
         result: dict[str, Any] = {}
-        for name in (
-            "elbo_amortized",
-            "elbo_inferred",
-            "elbo_refined",
-            "log_px",
-            "log_px_exact",
-            "amortization_gap",
-            "inferred_gap",
-            "approximation_gap",
-            "inference_gap",
-        ):
-            value = points.get(name)
-            result[name] = None if value is None else float(value.mean())
-            result[f"{name}_se"] = None if value is None else standard_error(value)
+        for name in SUMMARY_KEYS:
+            result.update(_mean_and_se(points, name, name))
+        own = self.own
         result.update(
-            num_points=int(self.elbo_refined.shape[0]),
+            num_points=int(own.elbo.shape[0]),
+            family=self.family,
             estimator=self.estimator,
             num_samples=self.num_samples,
             refine_steps_mean=float(points["refine_steps"].mean()),
             refine_steps_max=int(points["refine_steps"].max()),
-            refine_num_capped=int(self.refine_capped.sum().item()),
-            refine_seconds=self.refine_seconds,
+            refine_num_capped=int(own.capped.sum().item()),
+            refine_seconds=own.seconds,
             log_px_seconds=self.log_px_seconds,
         )
+        if "log_px_exact_error" in points:
+            result["log_px_exact_error_max"] = float(points["log_px_exact_error"].max())
+        result["families"] = {}
+        for index, (name, refined) in enumerate(self.refined.items()):
+            entry: dict[str, Any] = {}
+            for key in FAMILY_KEYS:
+                entry.update(_mean_and_se(points, f"{key}.{name}", key))
+            steps = points[f"refine_steps.{name}"]
+            entry.update(
+                refine_steps_mean=float(steps.mean()),
+                refine_steps_max=int(steps.max()),
+                refine_num_capped=int(refined.capped.sum().item()),
+                refine_seconds=refined.seconds,
+                proposal_points=int((points["proposal"] == index).sum()),
+            )
+            result["families"][name] = entry
         return result
+
+
+def _mean_and_se(points: dict[str, np.ndarray], key: str, name: str) -> dict[str, float | None]:
+    """{name: mean, name_se: its standard error} of points[key], both None when it is absent."""
+    value = points.get(key)
+    return {
+        name: None if value is None else float(value.mean()),
+        f"{name}_se": None if value is None else standard_error(value),
+    }
 
 
 def standard_error(values: np.ndarray) -> float:
@@ -119,94 +178,144 @@ def measure_gaps(
     config: EvalConfig,
     num_samples: int | None = None,
     progress: bool = False,
+    families: list[Family] | None = None,
 ) -> GapReport:
-    """Refine q on x, estimate log p(x), and collect the per-point values.
+    """Refine q on x in the run's own family (and `families`), estimate log p(x), and collect
+    the per-point values.
 
-    `num_samples` overrides config.num_samples (cheap evaluations during training).
+    `num_samples` overrides config.num_samples (cheap evaluations during training); `families`
+    (`eval_families`) start with the run's own, which is the default.
     Under torchrun a collective: each rank measures its share of x, all get every point.
     """
+    families = [model.family] if families is None else families
     if distributed.world_size() == 1:
-        return _measure_gaps(model, x, config, num_samples, progress)
+        return _measure_gaps(model, x, config, num_samples, progress, families)
     shard = distributed.current_shard()
     if x.shape[0] < shard.world_size:
         raise ValueError(f"{x.shape[0]} points cannot be shared by {shard.world_size} processes")
     points = shard.rows(x.shape[0], x.device)
     distributed.decorrelate_rng()
-    report = _measure_gaps(model, x[points], config, num_samples, progress and distributed.is_main())
-    per_point = {  # every tensor of the report has one row per point
-        field.name: distributed.gather_rows(getattr(report, field.name), points, x.shape[0])
-        for field in fields(report)
-        if isinstance(getattr(report, field.name), Tensor)
+    report = _measure_gaps(
+        model, x[points], config, num_samples, progress and distributed.is_main(), families
+    )
+
+    def gather(value: Any) -> Any:  # every tensor of the report has one row per point
+        return distributed.gather_rows(value, points, x.shape[0]) if isinstance(value, Tensor) else value
+
+    refined = {
+        name: replace(
+            r,
+            **{f.name: gather(getattr(r, f.name)) for f in fields(r) if f.name != "seconds"},
+            seconds=distributed.all_max(r.seconds),
+        )
+        for name, r in report.refined.items()
     }
-    seconds = {
-        name: distributed.all_max(getattr(report, name)) for name in ("refine_seconds", "log_px_seconds")
-    }
-    return replace(report, **per_point, **seconds)
+    per_point = {f.name: gather(getattr(report, f.name)) for f in fields(report) if f.name != "refined"}
+    per_point["log_px_seconds"] = distributed.all_max(report.log_px_seconds)
+    return replace(report, **per_point, refined=refined)
+
+
+def eval_families(own: Family, names: list[FamilyName], inference: InferenceConfig) -> list[Family]:
+    """The run's own family, then the others named (flows with the run's `inference.flow`)."""
+    others = [
+        build_family(name, own.latent_dim, inference)
+        for name in dict.fromkeys(names)
+        if name.value != own.name
+    ]
+    return [own, *others]
 
 
 def _measure_gaps(
-    model: LatentVariableModel, x: Tensor, config: EvalConfig, num_samples: int | None, progress: bool
+    model: LatentVariableModel,
+    x: Tensor,
+    config: EvalConfig,
+    num_samples: int | None,
+    progress: bool,
+    families: list[Family],
 ) -> GapReport:
     decoder, posterior = model.decoder, model.posterior
+    own = families[0]
     num_samples = num_samples or config.num_samples
     budget = memory_budget_mb(x.device) if config.memory_budget_mb is None else config.memory_budget_mb
     with torch.no_grad():
         guess = posterior.guess(x)  # the encoder's q, or the prior for runs without one
         elbo_amortized = (
-            chunked_elbo(decoder, x, *guess, config.batch_size, ELBO_SAMPLES) if posterior.amortized else None
+            chunked_elbo(decoder, own, x, guess, config.batch_size, ELBO_SAMPLES)
+            if posterior.amortized
+            else None
         )
-        if config.init == RefineInit.prior:
-            start = gaussian.standard_normal_params(x.shape[0], decoder.latent_dim, x.device)
-        else:
-            start = guess
     inferred = map_points(lambda x: posterior.infer(decoder, x), x, size=config.batch_size)
     with torch.no_grad():
-        elbo_inferred = chunked_elbo(decoder, x, *inferred, config.batch_size, ELBO_SAMPLES)
-    refined = refine(decoder, x, *start, config.refine, config.batch_size, progress)
+        elbo_inferred = chunked_elbo(decoder, own, x, inferred, config.batch_size, ELBO_SAMPLES)
+    refined = {}
+    for family in families:
+        start = (
+            guess if family is own and config.init != RefineInit.prior else family.prior(x.shape[0], x.device)
+        )
+        refined[family.name] = _refine_family(decoder, family, x, start, config, progress)
     started = time.perf_counter()
     with torch.no_grad():
-        elbo_refined = chunked_elbo(
-            decoder, x, refined.loc, refined.log_scale, config.batch_size, ELBO_SAMPLES
-        )
-        if config.estimator == Estimator.ais:
-            log_px = ais_log_marginal(
-                decoder,
-                x,
-                refined.loc,
-                refined.log_scale,
-                num_steps=config.ais.num_steps,
-                num_leapfrog=config.ais.num_leapfrog,
-                num_chains=config.ais.num_chains,
-                step_size=config.ais.step_size,
-                memory_budget_mb=budget,
-            )
-        else:
-            log_px = iwae_log_marginal(
-                decoder,
-                x,
-                refined.loc,
-                refined.log_scale,
-                num_samples,
-                memory_budget_mb=budget,
-            )
-        exact = decoder.log_marginal(x) if hasattr(decoder, "log_marginal") else None
+        proposal = torch.stack([r.elbo for r in refined.values()]).argmax(0)  # (N,)
+        log_px = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+        for index, (family, r) in enumerate(zip(families, refined.values(), strict=True)):
+            chosen = proposal == index
+            if bool(chosen.any()):
+                log_px[chosen] = _log_marginal(
+                    decoder, family, x[chosen], r.params[chosen], config, num_samples, budget
+                )
+        exact = exact_log_marginal(decoder, x, quadrature=config.quadrature)
+        exact, exact_error = (None, None) if exact is None else exact
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     return GapReport(
+        family=own.name,
         elbo_amortized=elbo_amortized,
         elbo_inferred=elbo_inferred,
-        elbo_refined=elbo_refined,
+        refined=refined,
         log_px=log_px,
+        proposal=proposal,
         log_px_exact=exact,
-        refine_steps=refined.steps,
-        refine_capped=refined.capped,
-        refine_seconds=refined.seconds,
+        log_px_exact_error=exact_error,
         log_px_seconds=time.perf_counter() - started,
         estimator=config.estimator.value,
         num_samples=config.ais.num_chains if config.estimator == Estimator.ais else num_samples,
-        loc=refined.loc,
-        log_scale=refined.log_scale,
     )
+
+
+def _refine_family(
+    decoder: Decoder, family: Family, x: Tensor, start: Tensor, config: EvalConfig, progress: bool
+) -> Refinement:
+    """q* of one family from `start`, and its ELBO with ELBO_SAMPLES samples."""
+    refined = refine(decoder, family, x, start, config.refine, config.batch_size, progress)
+    with torch.no_grad():
+        elbo = chunked_elbo(decoder, family, x, refined.params, config.batch_size, ELBO_SAMPLES)
+    return Refinement(elbo, refined.params, refined.steps, refined.capped, refined.seconds)
+
+
+def _log_marginal(
+    decoder: Decoder,
+    family: Family,
+    x: Tensor,
+    params: Tensor,
+    config: EvalConfig,
+    num_samples: int,
+    budget: float,
+) -> Tensor:
+    """log p^(x) by the configured estimator with proposal q (params)."""
+    if config.estimator == Estimator.ais:
+        ais = config.ais
+        return ais_log_marginal(
+            decoder,
+            family,
+            x,
+            params,
+            num_steps=ais.num_steps,
+            num_leapfrog=ais.num_leapfrog,
+            num_chains=ais.num_chains,
+            step_size=ais.step_size,
+            memory_budget_mb=budget,
+        )
+    return iwae_log_marginal(decoder, family, x, params, num_samples, memory_budget_mb=budget)
 
 
 def measure_row_gap(
@@ -232,14 +341,13 @@ def measure_row_gap(
 def _row_gap(
     model: LatentVariableModel, x: Tensor, idx: Tensor, config: EvalConfig, num_samples: int
 ) -> Tensor:
+    family = model.family
     with torch.no_grad():
-        loc, log_scale = model.posterior(x, idx)
-    refined = refine(model.decoder, x, loc, log_scale, config.refine, config.batch_size)
-    now = torch.stack([refined.loc, refined.log_scale], dim=1)  # (N, 2, D)
-    then = torch.stack([loc, log_scale], dim=1)
+        then = model.posterior(x, idx)  # (N, P)
+    now = refine(model.decoder, family, x, then, config.refine, config.batch_size).params
     with torch.no_grad():
         return map_points(
-            lambda x, now, then: window_gain(model.decoder, x, now, then, num_samples)[0],
+            lambda x, now, then: window_gain(model.decoder, family, x, now, then, num_samples)[0],
             x,
             now,
             then,

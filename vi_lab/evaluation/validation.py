@@ -16,6 +16,7 @@ from torch import Tensor
 
 from vi_lab.config import EvalConfig
 from vi_lab.evaluation.gaps import GapReport, measure_gaps, measure_row_gap, standard_error
+from vi_lab.inference.families import Family
 from vi_lab.inference.objectives import Decoder
 from vi_lab.models.model import LatentVariableModel
 from vi_lab.runs.board import image_grid
@@ -52,13 +53,20 @@ def row_gap(model: LatentVariableModel, x: Tensor, config: EvalConfig) -> tuple[
 
 
 @torch.no_grad()
+def posterior_log_std(family: Family, params: Tensor, num_samples: int = 32) -> Tensor:
+    """log of the standard deviation of each latent under each q, from `num_samples` draws, (N, D):
+    the same measure for every family (a flow's has no closed form)."""
+    return family.sample(params, num_samples).z.std(0).log()
+
+
+@torch.no_grad()
 def validation_images(
-    decoder: Decoder, x: Tensor, loc: Tensor, image_shape: tuple[int, int, int], num_images: int, seed: int
+    decoder: Decoder, x: Tensor, center: Tensor, image_shape: tuple[int, int, int], num_images: int, seed: int
 ) -> dict[str, Tensor]:
-    """Image grids: reconstructions from the refined q beside their inputs, and decoded prior
-    samples (the same z at every validation of a run)."""
+    """Image grids: reconstructions from the refined q (decoded at `Family.center`) beside their
+    inputs, and decoded prior samples (the same z at every validation of a run)."""
     num = min(num_images // 2, x.shape[0])
-    pairs = torch.stack([x[:num], decoder.mean(loc[:num])], dim=1).flatten(0, 1)  # (2 num, P)
+    pairs = torch.stack([x[:num], decoder.mean(center[:num])], dim=1).flatten(0, 1)  # (2 num, P)
     prior_z = torch.randn(num_images, decoder.latent_dim, generator=torch.Generator().manual_seed(seed))
     return {
         "images/reconstructions": image_grid(pairs, image_shape),

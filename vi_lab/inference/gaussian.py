@@ -1,8 +1,5 @@
-"""Diagonal-Gaussian algebra shared by every estimator in the lab.
-
-The variational family is q(z) = N(loc, diag(exp(log_scale)^2)) and the prior is
-N(0, I). Sampling uses the reparameterization z = loc + scale * eps (Kingma & Welling
-2014, Sec. 2.4).
+"""Diagonal-Gaussian algebra: the prior N(0, I) and q = N(loc, diag(exp(log_scale)^2)),
+the closed forms the variational families and the estimators share.
 Every density sums over the last (latent) dimension and keeps the leading ones.
 """
 
@@ -14,12 +11,6 @@ import torch
 from torch import Tensor
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def sample(loc: Tensor, log_scale: Tensor, num_samples: int) -> Tensor:
-    """Reparameterized samples z = loc + exp(log_scale) * eps, shape (S, B, D)."""
-    eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
-    return loc + log_scale.exp() * eps  # (S, B, D)
 
 
 def log_density(z: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
@@ -41,14 +32,3 @@ def kl_to_standard_normal(loc: Tensor, log_scale: Tensor) -> Tensor:
 def kl_to_standard_normal_gradient(loc: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
     """(d/dloc, d/dlog_scale) of `kl_to_standard_normal`, each (..., D)."""
     return loc, torch.exp(2.0 * log_scale) - 1.0
-
-
-def entropy(log_scale: Tensor) -> Tensor:
-    """Differential entropy of a diagonal Gaussian, summed over the last dim."""
-    return (log_scale + 0.5 * (1.0 + LOG_2PI)).sum(-1)
-
-
-def standard_normal_params(num_points: int, latent_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(loc, log_scale) of the prior N(0, I) for num_points points, each (N, D)."""
-    zeros = torch.zeros(num_points, latent_dim, device=device)
-    return zeros, zeros.clone()

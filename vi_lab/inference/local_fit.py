@@ -1,8 +1,9 @@
-"""Per-datapoint variational inference: fit (loc, log_scale) of many points at once.
+"""Per-datapoint variational inference: fit the q's of many points at once.
 
-The decoder is frozen: the reparameterization gradient comes from
-`objectives.elbo_and_gradient` (autograd through the decoder with z as the only leaf,
-the Gaussian parts in closed form), so no decoder `.grad` is ever written.
+A q is a family's params, one row (P,) per point (`vi_lab.inference.families`). The
+decoder is frozen: the reparameterization gradient comes from the family's
+`elbo_and_gradient` (for the diagonal Gaussian, autograd through the decoder with z as the
+only leaf and the Gaussian parts in closed form), so no decoder `.grad` is ever written.
 Every point (row) has its own Adam state (moments and step count, Kingma & Ba 2015),
 so a row can stop while others go on, and a row's next visit can continue where its
 last one stopped: the coordinate ascent of variational inference (Bishop 2006, §10.1.1)
@@ -12,7 +13,7 @@ Cremer, Li & Duvenaud (2018).
 Stopping rule, per row. Every `check_every` steps a row's gain over the last window,
     g = L(q_now) - L(q_then),
 is estimated with common random numbers: the same `check_samples` fresh draws
-eps_1..M are pushed through both q's (z = loc + scale * eps), so the Monte Carlo noise
+eps_1..M are pushed through both q's (z = T(eps; params), the family's map), so the Monte Carlo noise
 that the two ELBOs share cancels in the differences d_j and se = std(d) / sqrt(M)
 measures only what the window changed (the paired comparison of Glasserman & Yao 1992).
 - Step size: a window whose gain is not significantly positive and below `tol`
@@ -39,8 +40,8 @@ import torch
 from torch import Tensor
 
 from vi_lab.config import LocalFitConfig
-from vi_lab.inference import gaussian
-from vi_lab.inference.objectives import Decoder, elbo_and_gradient_at
+from vi_lab.inference.families import Family
+from vi_lab.inference.objectives import Decoder
 from vi_lab.runtime import compiled_function
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
@@ -50,38 +51,29 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 class RowState:
     """Variational parameters and Adam state of a set of rows."""
 
-    params: Tensor  # (N, 2, D): loc and log_scale
-    exp_avg: Tensor  # (N, 2, D)
-    exp_avg_sq: Tensor  # (N, 2, D)
+    params: Tensor  # (N, P): each row's q, in its family's parametrization
+    exp_avg: Tensor  # (N, P)
+    exp_avg_sq: Tensor  # (N, P)
     step: Tensor  # (N,) Adam steps each row has taken
 
     @classmethod
-    def prior(cls, num_rows: int, latent_dim: int, device: torch.device) -> RowState:
+    def prior(cls, num_rows: int, family: Family, device: torch.device) -> RowState:
         """Rows at q = p(z) = N(0, I) with fresh optimizer state."""
-        zeros = torch.zeros(num_rows, 2, latent_dim, device=device)
-        return cls(zeros, zeros.clone(), zeros.clone(), torch.zeros(num_rows, device=device))
+        return cls.start_at(family.prior(num_rows, device))
 
     @classmethod
-    def start_at(cls, loc: Tensor, log_scale: Tensor) -> RowState:
+    def start_at(cls, params: Tensor) -> RowState:
         """Rows at the given q with fresh optimizer state (e.g. an encoder's guess)."""
-        params = torch.stack([loc, log_scale], dim=1).detach()  # (N, 2, D)
+        params = params.detach().clone()  # (N, P)
         zeros = torch.zeros_like(params)
         return cls(params, zeros, zeros.clone(), torch.zeros(params.shape[0], device=params.device))
-
-    @property
-    def loc(self) -> Tensor:
-        return self.params[:, 0]
-
-    @property
-    def log_scale(self) -> Tensor:
-        return self.params[:, 1]
 
     def rows(self, idx: Tensor) -> RowState:
         return RowState(self.params[idx], self.exp_avg[idx], self.exp_avg_sq[idx], self.step[idx])
 
     def fresh(self) -> RowState:
         """The same q with the optimizer state of a first visit."""
-        return RowState.start_at(self.loc, self.log_scale)
+        return RowState.start_at(self.params)
 
     def put_rows(self, idx: Tensor, rows: RowState) -> None:
         self.params[idx] = rows.params
@@ -100,20 +92,23 @@ class FitResult:
 
 
 def window_gain(
-    decoder: Decoder, x: Tensor, now: Tensor, then: Tensor, num_samples: int, beta: float = 1.0
+    decoder: Decoder,
+    family: Family,
+    x: Tensor,
+    now: Tensor,
+    then: Tensor,
+    num_samples: int,
+    beta: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Estimated ELBO(now) - ELBO(then) per row and its standard error, each (N,).
 
-    `now` and `then` are (N, 2, D) parameters; both are scored on the same draws of eps
+    `now` and `then` are (N, P) params; both are scored on the same draws of eps
     (common random numbers), in one forward pass of 2 * num_samples samples.
     """
-    eps = torch.randn((num_samples, *now[:, 0].shape), dtype=now.dtype, device=now.device)  # (M, N, D)
-    z_now = now[:, 0] + now[:, 1].exp() * eps
-    z_then = then[:, 0] + then[:, 1].exp() * eps
-    log_lik = decoder.log_prob(x, torch.cat([z_now, z_then]))  # (2M, N)
-    kl_diff = gaussian.kl_to_standard_normal(now[:, 0], now[:, 1]) - gaussian.kl_to_standard_normal(
-        then[:, 0], then[:, 1]
-    )  # (N,)
+    eps = torch.randn((num_samples, now.shape[0], family.latent_dim), dtype=now.dtype, device=now.device)
+    drawn_now, drawn_then = family.draw(now, eps), family.draw(then, eps)  # (M, N, D) samples each
+    log_lik = decoder.log_prob(x, torch.cat([drawn_now.z, drawn_then.z]))  # (2M, N)
+    kl_diff = drawn_now.kl - drawn_then.kl  # (N,) in closed form, else (M, N)
     diff = log_lik[:num_samples] - log_lik[num_samples:] - beta * kl_diff  # (M, N)
     return diff.mean(0), diff.std(0) / math.sqrt(num_samples)
 
@@ -129,23 +124,24 @@ def adam_step(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One Adam ascent step of each row: new (params, exp_avg, exp_avg_sq, step), inputs untouched.
 
-    params, grad and the moments are (N, 2, D); step, lr and active are (N,). A row with
+    params, grad and the moments are (N, P); step, lr and active are (N,). A row with
     active = 0 keeps its parameters and state. Kingma & Ba (2015), Algorithm 1, in its
     efficient form (both bias corrections in the step size). Out of place, so that autograd
     can differentiate through it (`unrolled.py`).
     """
-    live = active[:, None, None]  # (N, 1, 1)
+    live = active[:, None]  # (N, 1)
     step = step + active
     exp_avg = exp_avg.lerp(grad, live * (1 - BETA1))
     exp_avg_sq = exp_avg_sq.lerp(grad.square(), live * (1 - BETA2))
     count = step.clamp(min=1)
     step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
-    params = params.addcdiv(exp_avg * step_size[:, None, None], exp_avg_sq.sqrt() + EPS)  # (N, 2, D)
+    params = params.addcdiv(exp_avg * step_size[:, None], exp_avg_sq.sqrt() + EPS)  # (N, P)
     return params, exp_avg, exp_avg_sq, step
 
 
 def ascent_step(
     decoder: Decoder,
+    family: Family,
     x: Tensor,
     params: Tensor,
     exp_avg: Tensor,
@@ -159,19 +155,18 @@ def ascent_step(
     """One inner-loop step of every row at noise eps (S, N, D): the reparameterization
     gradient, then `adam_step`; inputs untouched.
 
-    Returns (ELBO estimate (N,), params, exp_avg, exp_avg_sq, step) after the step. Pure
-    tensor code with the noise given: the function that `runtime.compiled_function` compiles.
+    Returns (objective estimate recon - beta * KL (N,), params, exp_avg, exp_avg_sq, step)
+    after the step. Pure tensor code with the noise given: the function that
+    `runtime.compiled_function` compiles.
     """
-    estimate, grad_loc, grad_log_scale = elbo_and_gradient_at(
-        decoder, x, params[:, 0], params[:, 1], eps, beta
-    )  # (N,), (N, D), (N, D)
-    grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (N, 2, D)
+    recon, kl, grad = family.elbo_and_gradient(decoder, x, params, eps, beta)  # (N,), (N,), (N, P)
     # a stopped row has weight 0 in every update, so nothing of it moves
-    return estimate, *adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active)
+    return recon - beta * kl, *adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active)
 
 
 def fit_local(
     decoder: Decoder,
+    family: Family,
     x: Tensor,
     rows: RowState,
     config: LocalFitConfig,
@@ -201,7 +196,7 @@ def fit_local(
     active = torch.ones(num_rows, device=x.device)  # (n,) 1 while a row is optimized, then 0
     lr = torch.full((num_rows,), config.lr, device=x.device)
     decays_left = torch.full((num_rows,), float(config.num_decays), device=x.device)
-    anchor = params.clone()  # (n, 2, D) the rows at the start of the current window
+    anchor = params.clone()  # (n, P) the rows at the start of the current window
     gains = torch.zeros(num_rows, config.stop_windows, device=x.device)  # recent window gains
     windows = torch.zeros(num_rows, device=x.device)  # windows since the last step-size change
     num_checks = 0
@@ -217,16 +212,18 @@ def fit_local(
 
     for t in range(config.max_steps):
         with torch.no_grad():
-            eps = torch.randn((config.num_samples, *params[:, 0].shape), dtype=params.dtype, device=x.device)
+            eps = torch.randn(
+                (config.num_samples, params.shape[0], family.latent_dim), dtype=params.dtype, device=x.device
+            )
             estimate, params, exp_avg, exp_avg_sq, step = ascent(
-                decoder, x, params, exp_avg, exp_avg_sq, step, active, lr, eps, beta_t
+                decoder, family, x, params, exp_avg, exp_avg_sq, step, active, lr, eps, beta_t
             )
             if t == 0:
                 first = estimate
 
             if can_decide and (t + 1) % config.check_every == 0 and t + 1 < config.max_steps:
                 num_checks += 1
-                gain, se = window_gain(decoder, x, params, anchor, config.check_samples, beta)
+                gain, se = window_gain(decoder, family, x, params, anchor, config.check_samples, beta)
                 anchor.copy_(params)
                 gains[:, num_checks % config.stop_windows] = gain
                 windows += 1

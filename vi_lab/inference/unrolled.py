@@ -1,10 +1,10 @@
 """K refinement steps from an encoder's guess: the inner loop of semi-amortized inference.
 
 Kim, Wiseman, Miller, Sontag & Rush (2018), "Semi-Amortized Variational Autoencoders",
-Algorithm 1: lambda_0 = (loc, log_scale) from the encoder, then K ascent steps on the
+Algorithm 1: lambda_0 = the encoder's params of q (any family), then K ascent steps on the
 (beta-weighted) ELBO of each point with the decoder fixed,
     lambda_{k+1} = lambda_k + update(g_k),    g_k = grad_lambda ELBO(x; lambda_k),
-where g_k is the reparameterization gradient of `objectives.elbo_and_gradient` (the
+where g_k is the reparameterization gradient of the family's `elbo_and_gradient` (the
 per-datapoint inner loop's gradient) and the update is a plain step lr * g_k or Adam's
 (`local_fit.adam_step`, with fresh moments at every call).
 
@@ -29,17 +29,16 @@ import torch
 from torch import Tensor
 
 from vi_lab.config import RefineOptimizer, RefineStepsConfig
-from vi_lab.inference import gaussian
+from vi_lab.inference.families import Family
 from vi_lab.inference.local_fit import adam_step
 from vi_lab.inference.objectives import Decoder, elbo_and_gradient
 
 
 @dataclass
 class Unrolled:
-    loc: Tensor  # (B, D) lambda_K
-    log_scale: Tensor  # (B, D)
+    params: Tensor  # (B, P) lambda_K
     first_elbo: Tensor | None  # (B,) ELBO estimate (beta = 1) at lambda_0, no graph; None when K = 0
-    first_grad: Tensor | None  # (B, 2, D) g_0 at lambda_0 (before clipping), no graph; None when K = 0
+    first_grad: Tensor | None  # (B, P) g_0 at lambda_0 (before clipping), no graph; None when K = 0
 
 
 def clip_rows(grad: Tensor, max_norm: float) -> Tensor:
@@ -53,15 +52,14 @@ def clip_rows(grad: Tensor, max_norm: float) -> Tensor:
 
 def refine_steps(
     decoder: Decoder,
+    family: Family,
     x: Tensor,
-    loc: Tensor,
-    log_scale: Tensor,
+    params: Tensor,
     config: RefineStepsConfig,
     beta: float = 1.0,
     differentiable: bool = False,
 ) -> Unrolled:
-    """`config.num_steps` steps from (loc, log_scale), each (B, D); see the module docstring."""
-    params = torch.stack([loc, log_scale], dim=1)  # (B, 2, D)
+    """`config.num_steps` steps from params (B, P); see the module docstring."""
     zeros = torch.zeros_like(params.detach())
     moments = zeros, zeros  # Adam's, fresh
     ones = torch.ones(params.shape[0], dtype=params.dtype, device=params.device)  # (B,)
@@ -71,16 +69,14 @@ def refine_steps(
         with torch.set_grad_enabled(differentiable):
             if differentiable and params.requires_grad and config.max_grad_norm > 0:
                 params.register_hook(lambda g: clip_rows(g, config.max_grad_norm))
-            estimate, grad_loc, grad_log_scale = elbo_and_gradient(
-                decoder, x, params[:, 0], params[:, 1], config.num_samples, beta, create_graph=differentiable
-            )  # (B,), (B, D), (B, D)
-            grad = torch.stack([grad_loc, grad_log_scale], dim=1)  # (B, 2, D)
+            recon, kl, grad = elbo_and_gradient(
+                decoder, family, x, params, config.num_samples, beta, create_graph=differentiable
+            )  # (B,), (B,), (B, P)
             if k == 0:
-                kl = gaussian.kl_to_standard_normal(params[:, 0], params[:, 1]).detach()
-                first_elbo, first_grad = estimate - (1.0 - beta) * kl, grad.detach()
+                first_elbo, first_grad = recon - kl, grad.detach()
             grad = clip_rows(grad, config.max_grad_norm)
             if config.optimizer == RefineOptimizer.adam:
                 params, *moments, step = adam_step(params, grad, *moments, step, lr, ones)
             else:
                 params = params + config.lr * grad
-    return Unrolled(params[:, 0], params[:, 1], first_elbo, first_grad)
+    return Unrolled(params, first_elbo, first_grad)

@@ -62,6 +62,14 @@ class NeuralDecoder(nn.Module):
         """log p(x | z) summed over pixels: x (B, P), z (S, B, D) -> (S, B)."""
         return -self._neg_log_prob_pixels(x, z).sum(-1)  # negate B numbers, not B x P
 
+    def log_prob_bound(self, x: Tensor) -> Tensor:
+        """An upper bound on log p(x | z) over all z, (B,): 0 for a Bernoulli likelihood of
+        pixels in [0, 1] (a cross-entropy is non-negative); for the Gaussian, every pixel's
+        density at most that of a residual of 0 at the smallest scale, MIN_SCALE."""
+        if self.likelihood == Likelihood.bernoulli:
+            return x.new_zeros(x.shape[0])
+        return x.new_full((x.shape[0],), -self.data_dim * (0.5 * LOG_2PI + _LOG_MIN_SCALE))
+
     def mean(self, z: Tensor) -> Tensor:
         """E[x | z], shape (*z.shape[:-1], P)."""
         params = self._params(z)

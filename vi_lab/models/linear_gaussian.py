@@ -6,7 +6,8 @@ It is the lab's ground truth. With prior N(0, I) everything is closed form
     p(z | x)  = N(Lambda^{-1} W^T (x - b) / sigma^2, Lambda^{-1}),
                 Lambda = I + W^T W / sigma^2
 and the diagonal Gaussian closest to p(z | x) in KL(q || p) has the posterior mean
-and variances 1 / diag(Lambda). For any Gaussian q, ELBO(q) = log p(x) - KL(q || p(z|x)).
+and variances 1 / diag(Lambda); the best full-covariance Gaussian is p(z | x) itself. For
+any Gaussian q, ELBO(q) = log p(x) - KL(q || p(z|x)).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vi_lab.data.datasets import LinearGaussianTruth
+from vi_lab.inference.families import Family
 from vi_lab.inference.gaussian import LOG_2PI
 
 
@@ -53,6 +55,10 @@ class LinearGaussianDecoder(nn.Module):
         """log p(x | z) for x (B, P) and z (S, B, D), shape (S, B)."""
         return self.log_prob_pixels(x, z).sum(-1)
 
+    def log_prob_bound(self, x: Tensor) -> Tensor:
+        """log p(x | z) at a residual of 0, its largest value over z, (B,)."""
+        return x.new_full((x.shape[0],), -self.data_dim * (0.5 * LOG_2PI + float(self.log_noise)))
+
     def sample(self, z: Tensor) -> Tensor:
         mean = self.mean(z)
         return mean + self.log_noise.exp() * torch.randn_like(mean)
@@ -81,14 +87,19 @@ class LinearGaussianDecoder(nn.Module):
         log_scale = -0.5 * torch.log(torch.diagonal(self._precision()))
         return loc, log_scale.expand_as(loc)
 
-    def exact_elbo(self, x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
-        """ELBO of q = N(loc, diag exp(2 log_scale)) as log p(x) - KL(q || p(z|x)), (B,)."""
-        precision = self._precision()
-        post_loc, _ = self.posterior(x)
+    def exact_elbo(self, x: Tensor, family: Family, params: Tensor) -> Tensor:
+        """ELBO of a Gaussian q (`family.gaussian(params)`: N(m, L L^T)) as log p(x) - KL(q || p(z|x)), (B,):
+        KL = (tr(Lambda L L^T) + (m - mu)^T Lambda (m - mu) - D - log det Lambda - log det L L^T) / 2,
+        in float64 (a q far out, as diverged steps leave it, must not overflow to inf * 0)."""
+        loc, scale_tril = (t.double() for t in family.gaussian(params))  # (B, D), (B, D, D)
+        precision = self._precision().double()
+        post_loc = self.posterior(x)[0].double()
         diff = loc - post_loc  # (B, D)
-        variance = torch.exp(2.0 * log_scale)
-        trace = (variance * torch.diagonal(precision)).sum(-1)
+        trace = ((precision @ scale_tril) * scale_tril).sum((-2, -1))
         mahalanobis = ((diff @ precision) * diff).sum(-1)
         log_det_precision = torch.linalg.slogdet(precision).logabsdet
-        kl = 0.5 * (trace + mahalanobis - self.latent_dim - log_det_precision - 2.0 * log_scale.sum(-1))
-        return self.log_marginal(x) - kl
+        log_det_q = 2.0 * torch.diagonal(scale_tril, dim1=-2, dim2=-1).abs().log().sum(-1)
+        kl = 0.5 * (trace + mahalanobis - self.latent_dim - log_det_precision - log_det_q)
+        # an infinite scale (exp overflowed) has KL = inf; the products above give inf * 0 = NaN
+        kl = torch.where(torch.isinf(scale_tril).flatten(1).any(1), torch.inf, kl)
+        return self.log_marginal(x) - kl.to(x.dtype)

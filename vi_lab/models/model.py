@@ -1,17 +1,21 @@
-"""A trained thing: one decoder and one posterior (encoder or per-datapoint table)."""
+"""A trained thing: one decoder and one posterior (encoder or per-datapoint table) in one
+variational family."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from vi_lab.config import Config, InferenceKind
+from vi_lab.config import Config, ConfigError, InferenceKind
 from vi_lab.data.datasets import Data
 from vi_lab.distributed import WHOLE, Shard
+from vi_lab.inference.families import Family, build_family
 from vi_lab.models.decoders import build_decoder
 from vi_lab.models.encoders import build_encoder
 from vi_lab.models.posteriors import AmortizedPosterior, LocalPosterior, SemiAmortizedPosterior
+from vi_lab.runtime import available_bytes
 
 Posterior = AmortizedPosterior | LocalPosterior | SemiAmortizedPosterior
+TABLE_FRACTION = 0.8  # of the memory available, the most a per-datapoint table may take
 
 
 class LatentVariableModel(nn.Module):
@@ -21,6 +25,10 @@ class LatentVariableModel(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.posterior = posterior
+
+    @property
+    def family(self) -> Family:
+        return self.posterior.family
 
     def forward(self, x: Tensor, idx: Tensor, beta: float = 1.0, num_samples: int = 1) -> dict[str, Tensor]:
         """The training step's per-example terms on the minibatch (x, idx):
@@ -34,23 +42,43 @@ class LatentVariableModel(nn.Module):
         return [f"posterior.{name}" for name in self.posterior.TABLE]
 
 
+def table_bytes(num_rows: int, family: Family) -> int:
+    """Bytes of a per-datapoint table: each row's params and Adam's two moments (float32, P each)
+    and its step count."""
+    return num_rows * (3 * family.num_params + 1) * 4
+
+
+def check_table_fits(num_rows: int, family: Family, device_type: str) -> None:
+    """ConfigError (one line) when the table would take more than TABLE_FRACTION of the memory
+    available: on the CPU, where it is built, and on the device it moves to."""
+    need = table_bytes(num_rows, family)
+    for where in dict.fromkeys(["cpu", device_type]):
+        have = available_bytes(where)
+        if have is not None and need > TABLE_FRACTION * have:
+            raise ConfigError(
+                f"inference.family: the per-datapoint table of {num_rows} rows x {family.num_params} "
+                f"{family.name} parameters needs {need / 2**30:.2f} GiB with Adam's moments, but "
+                f"{where} has {have / 2**30:.2f} GiB available; use inference.family=diagonal, a smaller "
+                "model.latent_dim or inference.flow.num_layers, or fewer data.num_train"
+            )
+
+
 def build_model(config: Config, data: Data, shard: Shard = WHOLE) -> LatentVariableModel:
     """The model of `config`; a per-datapoint table holds only the rows of `shard` (all by default)."""
     decoder = build_decoder(config.model, data.data_dim, data.image_shape)
+    family = build_family(config.inference.family, config.model.latent_dim, config.inference)
     kind = config.inference.kind
     if kind == InferenceKind.local:
+        num_rows = shard.num_rows(data.num_train)
+        check_table_fits(num_rows, family, data.x["train"].device.type)
         posterior: Posterior = LocalPosterior(
-            data.num_train,
-            config.model.latent_dim,
-            config.inference.inner,
-            shard,
-            compiled=config.runtime.compile,
+            data.num_train, family, config.inference.inner, shard, compiled=config.runtime.compile
         )
     else:  # an encoder, built after the decoder: same seed, same weights in both encoder modes
-        encoder = build_encoder(config.model, data.data_dim, data.image_shape)
+        encoder = build_encoder(config.model, data.data_dim, data.image_shape, family.num_params)
         posterior = (
-            AmortizedPosterior(encoder)
+            AmortizedPosterior(encoder, family)
             if kind == InferenceKind.amortized
-            else SemiAmortizedPosterior(encoder, config.inference.refine)
+            else SemiAmortizedPosterior(encoder, family, config.inference.refine)
         )
     return LatentVariableModel(decoder, posterior)

@@ -52,9 +52,9 @@ class ConvDecoderTrunk(nn.Module):
 
 
 class ConvEncoderTrunk(nn.Sequential):
-    """(B, 784) -> (B, 2D): unflatten to 28x28, two stride-2 convolutions, a linear head."""
+    """(B, 784) -> (B, num_outputs): unflatten to 28x28, two stride-2 convolutions, a linear head."""
 
-    def __init__(self, channels: list[int], latent_dim: int) -> None:
+    def __init__(self, channels: list[int], num_outputs: int) -> None:
         narrow, wide = channels[0], channels[-1]
         super().__init__(
             nn.Unflatten(1, (1, 28, 28)),
@@ -63,5 +63,5 @@ class ConvEncoderTrunk(nn.Sequential):
             nn.Conv2d(narrow, wide, 4, stride=2, padding=1),  # 14 -> 7
             nn.ELU(),
             nn.Flatten(),
-            nn.Linear(wide * 7 * 7, 2 * latent_dim),
+            nn.Linear(wide * 7 * 7, num_outputs),
         )

@@ -1,8 +1,10 @@
-"""The three posteriors behind one interface: `posterior(x, idx) -> (loc, log_scale)`.
+"""The three posteriors behind one interface: `posterior(x, idx) -> params` (N, P), the params
+of each point's q in the posterior's variational family (`posterior.family`,
+`vi_lab.inference.families`): the encoder emits them, the table holds them.
 
 - `AmortizedPosterior`: an encoder q_phi(z | x) (Kingma & Welling 2014); trained by
   the same gradient step as the decoder.
-- `LocalPosterior`: a table of (loc, log_scale) rows, one per training example, with
+- `LocalPosterior`: a table of params rows, one per training example, with
   per-row Adam state, fitted by coordinate ascent (Hoffman et al. 2013; Krishnan et al.
   2018): before each decoder step, `update` runs the inner loop on the minibatch's rows
   with the decoder frozen. Under torchrun each rank keeps only the rows it owns
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from vi_lab.config import EncoderGradient, InnerLoopConfig, RefineStepsConfig
 from vi_lab.distributed import WHOLE, Shard
-from vi_lab.inference import gaussian
+from vi_lab.inference.families import Family
 from vi_lab.inference.local_fit import RowState, fit_local
 from vi_lab.inference.objectives import Decoder, training_terms
 from vi_lab.inference.unrolled import refine_steps
@@ -37,22 +39,23 @@ class AmortizedPosterior(nn.Module):
     amortized = True
     TABLE: tuple[str, ...] = ()  # no state per training row
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, family: Family) -> None:
         super().__init__()
         self.encoder = encoder
+        self.family = family
 
-    def forward(self, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         return self.encoder(x)
 
     def training_terms(
         self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0, num_samples: int = 1
     ) -> dict[str, Tensor]:
-        return training_terms(decoder, x, *self.encoder(x), num_samples, beta)
+        return training_terms(decoder, self.family, x, self.encoder(x), num_samples, beta)
 
-    def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
+    def infer(self, decoder: Decoder, x: Tensor) -> Tensor:
         return self.encoder(x)
 
-    def guess(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def guess(self, x: Tensor) -> Tensor:
         return self.encoder(x)
 
 
@@ -63,19 +66,19 @@ class LocalPosterior(nn.Module):
     def __init__(
         self,
         num_points: int,
-        latent_dim: int,
+        family: Family,
         inner: InnerLoopConfig,
         shard: Shard = WHOLE,
         compiled: bool = False,
     ) -> None:
         super().__init__()
-        self.latent_dim = latent_dim
+        self.family = family
         self.inner = inner
         self.shard = shard
         self.compiled = compiled  # the inner loop's steps through torch.compile (`runtime.compile`)
-        rows = RowState.prior(shard.num_rows(num_points), latent_dim, torch.device("cpu"))
+        rows = RowState.prior(shard.num_rows(num_points), family, torch.device("cpu"))
         # Buffers, not parameters: the decoder's optimizer never sees the table.
-        self.register_buffer("params", rows.params)  # (N, 2, D)
+        self.register_buffer("params", rows.params)  # (N, P)
         self.register_buffer("exp_avg", rows.exp_avg)
         self.register_buffer("exp_avg_sq", rows.exp_avg_sq)
         self.register_buffer("step", rows.step)  # (N,)
@@ -84,16 +87,15 @@ class LocalPosterior(nn.Module):
     def rows(self) -> RowState:
         return RowState(self.params, self.exp_avg, self.exp_avg_sq, self.step)
 
-    def forward(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        params = self.params[self.shard.local(idx)]  # (B, 2, D)
-        return params[:, 0], params[:, 1]
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        return self.params[self.shard.local(idx)]  # (B, P)
 
     def training_terms(
         self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0, num_samples: int = 1
     ) -> dict[str, Tensor]:
         """The inner loop on rows idx (`update`), then the terms of the fitted rows."""
         stats = self.update(decoder, x, idx, beta)
-        return {**training_terms(decoder, x, *self(x, idx), num_samples, beta), **stats}
+        return {**training_terms(decoder, self.family, x, self(x, idx), num_samples, beta), **stats}
 
     def update(self, decoder: Decoder, x: Tensor, idx: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
         """Run the inner loop on rows idx (rows this rank owns); only those rows (and their state) change.
@@ -104,18 +106,17 @@ class LocalPosterior(nn.Module):
         local = self.shard.local(idx)
         rows = self.rows.rows(local)
         rows = rows.fresh() if self.inner.reset_state else rows
-        fit = fit_local(decoder, x, rows, self.inner, beta, self.compiled)
+        fit = fit_local(decoder, self.family, x, rows, self.inner, beta, self.compiled)
         self.rows.put_rows(local, fit.state)
         return {"inner_steps": fit.steps.float(), "inner_gain": fit.last_elbo - fit.first_elbo}
 
-    def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
+    def infer(self, decoder: Decoder, x: Tensor) -> Tensor:
         """Fresh rows for unseen points, fitted from the prior by the same inner loop."""
-        rows = RowState.prior(x.shape[0], self.latent_dim, x.device)
-        fit = fit_local(decoder, x, rows, self.inner, compiled=self.compiled)
-        return fit.state.loc, fit.state.log_scale
+        rows = RowState.prior(x.shape[0], self.family, x.device)
+        return fit_local(decoder, self.family, x, rows, self.inner, compiled=self.compiled).state.params
 
-    def guess(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return gaussian.standard_normal_params(x.shape[0], self.latent_dim, x.device)
+    def guess(self, x: Tensor) -> Tensor:
+        return self.family.prior(x.shape[0], x.device)
 
 
 class SemiAmortizedPosterior(nn.Module):
@@ -133,12 +134,13 @@ class SemiAmortizedPosterior(nn.Module):
     amortized = True
     TABLE: tuple[str, ...] = ()
 
-    def __init__(self, encoder: Encoder, refine: RefineStepsConfig) -> None:
+    def __init__(self, encoder: Encoder, family: Family, refine: RefineStepsConfig) -> None:
         super().__init__()
         self.encoder = encoder
+        self.family = family
         self.refine = refine
 
-    def forward(self, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         return self.encoder(x)
 
     def training_terms(
@@ -146,23 +148,21 @@ class SemiAmortizedPosterior(nn.Module):
     ) -> dict[str, Tensor]:
         """Terms of the refined q, plus `elbo_encoder` and `elbo_refined` (their difference
         is the amortization gap that the K steps close, measured during training)."""
-        loc, log_scale = self.encoder(x)
+        start = self.encoder(x)  # (B, P)
         backprop = self.refine.encoder_gradient == EncoderGradient.backprop
-        steps = refine_steps(decoder, x, loc, log_scale, self.refine, beta, differentiable=backprop)
-        terms = training_terms(decoder, x, steps.loc, steps.log_scale, num_samples, beta)
+        steps = refine_steps(decoder, self.family, x, start, self.refine, beta, differentiable=backprop)
+        terms = training_terms(decoder, self.family, x, steps.params, num_samples, beta)
         if steps.first_grad is None:  # K = 0
             return {**terms, "elbo_encoder": terms["elbo"], "elbo_refined": terms["elbo"]}
         if not backprop:
-            start = torch.stack([loc, log_scale], dim=1)  # (B, 2, D)
-            surrogate = (steps.first_grad * (start - start.detach())).sum((1, 2))  # (B,) zeros
+            surrogate = (steps.first_grad * (start - start.detach())).sum(1)  # (B,) zeros
             terms["objective"] = terms["objective"] + surrogate
         return {**terms, "elbo_encoder": steps.first_elbo, "elbo_refined": terms["elbo"]}
 
-    def infer(self, decoder: Decoder, x: Tensor) -> tuple[Tensor, Tensor]:
+    def infer(self, decoder: Decoder, x: Tensor) -> Tensor:
         """The encoder's q refined by the same K steps as in training, outside any graph."""
         with torch.no_grad():
-            steps = refine_steps(decoder, x, *self.encoder(x), self.refine)
-        return steps.loc, steps.log_scale
+            return refine_steps(decoder, self.family, x, self.encoder(x), self.refine).params
 
-    def guess(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def guess(self, x: Tensor) -> Tensor:
         return self.encoder(x)

@@ -31,8 +31,7 @@ from torch import Tensor
 from vi_lab.config import Dataset, LocalFitConfig, override, require
 from vi_lab.data.datasets import load_data
 from vi_lab.evaluation.iwae import iwae_log_marginal
-from vi_lab.inference import gaussian
-from vi_lab.inference.objectives import chunked_elbo
+from vi_lab.inference.objectives import chunked_elbo, kl_to_prior
 from vi_lab.inference.refine import refine
 from vi_lab.models.model import LatentVariableModel
 from vi_lab.runs.board import write_json
@@ -160,17 +159,21 @@ def outlier_scores(
     """Per-point scores (N,), higher = more anomalous; see the module docstring."""
     decoder, posterior = model.decoder, model.posterior
 
-    def q_scores(loc: Tensor, log_scale: Tensor, suffix: str) -> dict[str, Tensor]:
-        neg_elbo = -chunked_elbo(decoder, x, loc, log_scale, config.batch_size, config.elbo_samples)
-        return {f"kl{suffix}": gaussian.kl_to_standard_normal(loc, log_scale), f"neg_elbo{suffix}": neg_elbo}
+    family = posterior.family
 
-    loc, log_scale = posterior.infer(decoder, x)
-    scores = q_scores(loc, log_scale, "")
+    def q_scores(params: Tensor, suffix: str) -> dict[str, Tensor]:
+        neg_elbo = -chunked_elbo(decoder, family, x, params, config.batch_size, config.elbo_samples)
+        return {
+            f"kl{suffix}": kl_to_prior(family, params, config.elbo_samples),
+            f"neg_elbo{suffix}": neg_elbo,
+        }
+
+    params = posterior.infer(decoder, x)
+    scores = q_scores(params, "")
     if config.refine:
-        fit = refine(decoder, x, loc, log_scale, refine_config, config.batch_size)
-        loc, log_scale = fit.loc, fit.log_scale
-        scores.update(q_scores(loc, log_scale, "_refined"))
-    log_px = iwae_log_marginal(decoder, x, loc, log_scale, config.num_samples, config.memory_budget_mb)
+        params = refine(decoder, family, x, params, refine_config, config.batch_size).params
+        scores.update(q_scores(params, "_refined"))
+    log_px = iwae_log_marginal(decoder, family, x, params, config.num_samples, config.memory_budget_mb)
     scores["neg_log_px"] = -log_px
     return scores
 

@@ -61,8 +61,11 @@ def embed_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     x = run.data.x[config.split][: config.num_points]
     labels = run.data.labels[config.split]
     with torch.no_grad():
+        family = run.model.family
         loc = map_points(
-            lambda x: run.model.posterior.infer(run.model.decoder, x)[0], x, size=config.batch_size
+            lambda x: family.center(run.model.posterior.infer(run.model.decoder, x)),
+            x,
+            size=config.batch_size,
         )  # (N, D)
     metadata = None if labels is None else [CLASS_NAMES[int(c)] for c in labels[: x.shape[0]]]
     images = None if run.data.image_shape is None else x.view(-1, *run.data.image_shape).cpu()

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from vi_lab.config import ConfigError, override
-from vi_lab.inference.estimators import ESTIMATORS, GROUPS, estimate, exact_gradient, summarize
+from vi_lab.inference.estimators import ESTIMATORS, estimate, exact_gradient, summarize
+from vi_lab.inference.families import Family
 from vi_lab.inference.objectives import Decoder
 from vi_lab.runs.board import write_json
 from vi_lab.runs.folder import load_run
@@ -25,23 +26,24 @@ from vi_lab.runs.outputs import open_outputs
 
 def compare_estimators(
     decoder: Decoder,
+    family: Family,
     x: Tensor,
-    loc: Tensor,
-    log_scale: Tensor,
+    params: Tensor,
     num_samples: int,
     num_repeats: int,
     memory_budget_mb: float = 512.0,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{estimator: {group: stats}} on one batch and one q, with each estimator's variance ratio
-    to the reparameterization estimator's. The leave-one-out estimator needs num_samples >= 2."""
-    exact = exact_gradient(decoder, x, loc, log_scale)
+    """{estimator: {group: stats}} on one batch and one q (its family's blocks of params), with
+    each estimator's variance ratio to the reparameterization estimator's. The leave-one-out
+    estimator needs num_samples >= 2; the score function, a family with a closed-form density."""
+    exact = exact_gradient(decoder, family, x, params)
     names = [e for e in ESTIMATORS if num_samples >= 2 or e != "score_function_loo"]
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in names:
-        grads = estimate(name, decoder, x, loc, log_scale, num_samples, num_repeats, memory_budget_mb)
-        results[name] = {g: summarize(grads[g], None if exact is None else exact[g]) for g in GROUPS}
+        grads = estimate(name, decoder, family, x, params, num_samples, num_repeats, memory_budget_mb)
+        results[name] = {g: summarize(grads[g], None if exact is None else exact[g]) for g in family.groups}
     for name in names:
-        for group in GROUPS:
+        for group in family.groups:
             stats = results[name][group]
             stats["variance_ratio"] = stats["variance"] / results["reparameterization"][group]["variance"]
     return results
@@ -78,16 +80,21 @@ def gradvar_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
     torch.manual_seed(config.seed)
     decoder = run.model.decoder
     x = run.data.x[config.split][: config.num_points]
+    family = run.model.family
     with torch.no_grad():
-        loc, log_scale = run.model.posterior.infer(decoder, x)
-    results = compare_estimators(
-        decoder, x, loc, log_scale, config.num_samples, config.repeats, config.memory_budget_mb
-    )
+        params = run.model.posterior.infer(decoder, x)
+    try:
+        results = compare_estimators(
+            decoder, family, x, params, config.num_samples, config.repeats, config.memory_budget_mb
+        )
+    except NotImplementedError as error:  # the score function needs log q(z) at a given z
+        raise ValueError(f"{run_dir}: {error}, which the score-function estimator needs") from None
     summary = {
         "split": config.split,
         "num_points": x.shape[0],
         "num_samples": config.num_samples,
         "repeats": config.repeats,
+        "family": family.name,
         "exact_gradient": "max_abs_z" in results["reparameterization"]["loc"],
         "estimators": results,
     }

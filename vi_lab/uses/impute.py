@@ -29,7 +29,7 @@ from torch import Tensor
 from vi_lab.chunking import map_points
 from vi_lab.config import LocalFitConfig, override, require
 from vi_lab.evaluation.gaps import standard_error
-from vi_lab.inference import gaussian
+from vi_lab.inference.families import Family
 from vi_lab.inference.objectives import GenerativeDecoder, LogLikelihood
 from vi_lab.inference.refine import Refined, refine
 from vi_lab.runs.board import image_grid, write_json
@@ -84,10 +84,10 @@ def masked_log_prob(decoder: GenerativeDecoder, x: Tensor, observed: Tensor, z: 
 
 def fit_observed(
     decoder: GenerativeDecoder,
+    family: Family,
     x: Tensor,
     observed: Tensor,
-    loc: Tensor,
-    log_scale: Tensor,
+    params: Tensor,
     config: LocalFitConfig,
     batch_size: int,
 ) -> Refined:
@@ -100,18 +100,17 @@ def fit_observed(
         decoder.latent_dim,
         lambda rows, z: masked_log_prob(decoder, rows[:, :width], rows[:, width:].bool(), z),
     )
-    return refine(likelihood, torch.cat([x, observed.to(x.dtype)], 1), loc, log_scale, config, batch_size)
+    return refine(likelihood, family, torch.cat([x, observed.to(x.dtype)], 1), params, config, batch_size)
 
 
 @torch.no_grad()
 def predictive_mean(
-    decoder: GenerativeDecoder, loc: Tensor, log_scale: Tensor, num_samples: int, batch_size: int
+    decoder: GenerativeDecoder, family: Family, params: Tensor, num_samples: int, batch_size: int
 ) -> Tensor:
     """E_q[E[x | z]] by Monte Carlo, in chunks of points, (N, P)."""
     return map_points(
-        lambda loc, log_scale: decoder.mean(gaussian.sample(loc, log_scale, num_samples)).mean(0),  # (b, P)
-        loc,
-        log_scale,
+        lambda params: decoder.mean(family.sample(params, num_samples).z).mean(0),  # (b, P)
+        params,
         size=batch_size,
     )
 
@@ -162,11 +161,12 @@ def impute_run(run_dir: str | Path, mask: str, overrides: list[str] | tuple[str,
     fit_config = run.config.eval.refine
     if config.max_steps is not None:
         fit_config = dataclasses.replace(fit_config, max_steps=config.max_steps)
+    family = posterior.family
     with torch.no_grad():
-        loc, log_scale = posterior.guess(x_filled)
-    guess = predictive_mean(decoder, loc, log_scale, config.num_samples, config.batch_size)
-    fit = fit_observed(decoder, x, observed, loc, log_scale, fit_config, config.batch_size)
-    imputed = predictive_mean(decoder, fit.loc, fit.log_scale, config.num_samples, config.batch_size)
+        start = posterior.guess(x_filled)
+    guess = predictive_mean(decoder, family, start, config.num_samples, config.batch_size)
+    fit = fit_observed(decoder, family, x, observed, start, fit_config, config.batch_size)
+    imputed = predictive_mean(decoder, family, fit.params, config.num_samples, config.batch_size)
 
     errors = {
         "imputed": missing_error(imputed, x, observed),

@@ -75,7 +75,7 @@ def sample_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
     num_pairs = x.shape[0] // 2
     x = x[: 2 * num_pairs]
     with torch.no_grad():
-        loc, _ = posterior.infer(decoder, x)  # (2 pairs, D)
+        loc = posterior.family.center(posterior.infer(decoder, x))  # (2 pairs, D)
         path = interpolate(loc[0::2], loc[1::2], config.num_steps)  # (pairs, T, D)
         decoded = decoder.mean(path)  # (pairs, T, P)
     rows = torch.cat([x[0::2, None], decoded, x[1::2, None]], dim=1)  # (pairs, T + 2, P)
