@@ -42,6 +42,7 @@ class Architecture(str, Enum):
 class Likelihood(str, Enum):
     bernoulli = "bernoulli"
     gaussian = "gaussian"
+    discretized_logistic = "discretized_logistic"  # 256 intensity levels (Salimans et al. 2017)
 
 
 class InferenceKind(str, Enum):

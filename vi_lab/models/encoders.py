@@ -2,7 +2,7 @@
 
 The MLP has `model.encoder_hidden` widths, by default the decoder's in reverse
 (Cremer et al. 2018 use 200-200);
-the conv encoder downsamples 28x28 images twice before a linear head.
+the conv encoder downsamples the images twice before a linear head.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Encoder(nn.Module):
 def build_encoder(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None) -> Encoder:
     if config.encoder == Architecture.conv:
         check_image_shape(image_shape, "model.encoder")
-        net: nn.Module = ConvEncoderTrunk(config.channels, config.latent_dim)
+        net: nn.Module = ConvEncoderTrunk(config.channels, 2 * config.latent_dim, image_shape)
     else:
         widths = config.encoder_hidden if config.encoder_hidden is not None else list(reversed(config.hidden))
         net = mlp([data_dim, *widths, 2 * config.latent_dim])
