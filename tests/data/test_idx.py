@@ -36,24 +36,20 @@ def test_read_idx_round_trips_labels(tmp_path, name):
     np.testing.assert_array_equal(result, labels)
 
 
-def test_read_idx_truncated_payload(tmp_path):
-    content = idx_bytes(np.zeros((2, 3, 4), dtype=np.uint8))[:-5]
-    path = write(tmp_path / "short-idx3-ubyte.gz", content)
-    with pytest.raises(DataFileError, match=r"short-idx3-ubyte.gz") as info:
+@pytest.mark.parametrize(
+    ("name", "content", "expected", "found", "problem"),
+    [
+        ("short-idx3-ubyte.gz", idx_bytes(np.zeros((2, 3, 4), dtype=np.uint8))[:-5], 24, 19, "truncated"),
+        ("long-idx1-ubyte", idx_bytes(np.zeros(4, dtype=np.uint8)) + b"xyz", 4, 7, "trailing bytes"),
+    ],
+)
+def test_read_idx_payload_of_the_wrong_length(tmp_path, name, content, expected, found, problem):
+    path = write(tmp_path / name, content)
+    with pytest.raises(DataFileError, match=name.replace(".", r"\.")) as info:
         read_idx(path)
-    assert "24 data bytes were expected" in str(info.value)
-    assert "19 were found" in str(info.value)
-    assert "truncated" in str(info.value)
-
-
-def test_read_idx_trailing_bytes(tmp_path):
-    content = idx_bytes(np.zeros(4, dtype=np.uint8)) + b"xyz"
-    path = write(tmp_path / "long-idx1-ubyte", content)
-    with pytest.raises(DataFileError, match=r"long-idx1-ubyte") as info:
-        read_idx(path)
-    assert "4 data bytes were expected" in str(info.value)
-    assert "7 were found" in str(info.value)
-    assert "trailing bytes" in str(info.value)
+    message = str(info.value)
+    assert f"{expected} data bytes were expected" in message and f"{found} were found" in message
+    assert problem in message
 
 
 def test_read_idx_truncated_header(tmp_path):
