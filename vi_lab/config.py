@@ -23,15 +23,42 @@ class ConfigError(ValueError):
 
 
 class Dataset(str, Enum):
-    fashion_mnist = "fashion_mnist"
+    """`vi_lab/data/datasets.py` has one registry line per file-backed dataset (docs/datasets.md)."""
+
+    fashion_mnist = "fashion_mnist"  # Xiao et al. 2017
+    mnist = "mnist"  # LeCun et al. 1998
+    binarized_mnist = "binarized_mnist"  # Larochelle & Murray 2011: binarized in the files
+    omniglot = "omniglot"  # 28x28, the split of Burda et al. 2016
+    cifar10 = "cifar10"  # Krizhevsky 2009, 3x32x32 colour
+    npz = "npz"  # the user's own arrays in data.path
     linear_gaussian = "linear_gaussian"
     banana = "banana"  # a curved 2-D latent model: non-Gaussian posteriors, exact log p(x) by quadrature
 
 
+# class labels per dataset, for data.classes (None: the user's file decides; 0: no labels)
+NUM_CLASSES = {
+    Dataset.fashion_mnist: 10,
+    Dataset.mnist: 10,
+    Dataset.cifar10: 10,
+    Dataset.omniglot: 50,  # alphabets
+    Dataset.npz: None,
+    Dataset.binarized_mnist: 0,
+    Dataset.linear_gaussian: 0,
+}
+
+
 class Binarize(str, Enum):
+    """How [0, 1] intensities become the binary pixels a Bernoulli likelihood scores.
+
+    Evaluation and validation always see one fixed binarization (`Data.binarization` records it):
+    a dynamic run is evaluated on the stochastic_static draw.
+    """
+
     none = "none"  # [0, 1] intensities
-    static = "static"  # thresholded once (Cremer et al. 2018 use 0.5)
-    dynamic = "dynamic"  # Bernoulli-resampled every epoch
+    threshold = "threshold"  # x > data.threshold, once (Cremer et al. 2018 use 0.5)
+    stochastic_static = "stochastic_static"  # one Bernoulli draw per pixel, fixed by data.seed
+    dynamic = "dynamic"  # a fresh Bernoulli draw of the training pixels every epoch (Burda et al. 2016)
+    static = "threshold"  # the name of `threshold` before stochastic binarizations came: an alias
 
 
 class Architecture(str, Enum):
@@ -43,6 +70,7 @@ class Architecture(str, Enum):
 class Likelihood(str, Enum):
     bernoulli = "bernoulli"
     gaussian = "gaussian"
+    discretized_logistic = "discretized_logistic"  # 256 intensity levels (Salimans et al. 2017)
 
 
 class InferenceKind(str, Enum):
@@ -110,14 +138,14 @@ class BananaConfig:
 @dataclass
 class DataConfig:
     name: Dataset = Dataset.fashion_mnist
-    path: str | None = None  # folder with the IDX .gz files (else $VI_LAB_DATA, system, cache)
+    path: str | None = None  # folder of the dataset's files (npz: the file); else $VI_LAB_DATA, cache
     download: bool = False  # fetch the files into the user cache when none are found
-    binarize: Binarize = Binarize.static
+    binarize: Binarize = Binarize.threshold
     threshold: float = 0.5
     num_train: int | None = None  # take a subset of the training split
     num_valid: int | None = None
-    classes: list[int] | None = None  # keep only these Fashion-MNIST classes
-    seed: int = 0  # fixes the train/valid split and the synthetic data, whatever the run's seed
+    classes: list[int] | None = None  # keep only these classes (0..9; Omniglot's alphabets 0..49)
+    seed: int = 0  # fixes the train/valid split, the stochastic binarization and the synthetic data
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     banana: BananaConfig = field(default_factory=BananaConfig)
 
@@ -127,11 +155,30 @@ class DataConfig:
             value = getattr(self, key)
             require(value is None or value > 0, key, "must be positive or null")
         if self.classes is not None:
+            num_classes = NUM_CLASSES[self.name]
+            require(num_classes != 0, "classes", f"{self.name.value} has no labels to choose classes by")
+            top = "" if num_classes is None else f" in 0..{num_classes - 1}"
             require(
-                len(self.classes) > 0 and all(0 <= c <= 9 for c in self.classes),
+                len(self.classes) > 0 and all(0 <= c < (num_classes or c + 1) for c in self.classes),
                 "classes",
-                "must be a non-empty list of class ids in 0..9",
+                f"must be a non-empty list of {self.name.value} class ids{top}",
             )
+        require(
+            self.name != Dataset.npz or self.path is not None,
+            "path",
+            "data.name=npz reads the arrays from data.path=FILE.npz (docs/datasets.md)",
+        )
+        require(
+            self.name != Dataset.binarized_mnist or self.binarize in (Binarize.threshold, Binarize.none),
+            "binarize",
+            "binarized_mnist is binarized in its files (Larochelle & Murray 2011): use threshold or none "
+            "(both leave it as it is), or data.name=mnist to binarize MNIST another way",
+        )
+        require(
+            self.name != Dataset.cifar10 or self.binarize == Binarize.none,
+            "binarize",
+            "cifar10 is modelled in colour (Krizhevsky 2009): set data.binarize=none",
+        )
 
 
 @dataclass
@@ -372,6 +419,12 @@ class Config:
                 "model.likelihood",
                 f"{name} data is real-valued: set model.likelihood=gaussian",
             )
+        require(
+            self.data.name != Dataset.cifar10 or self.model.likelihood != Likelihood.bernoulli,
+            "model.likelihood",
+            "a Bernoulli does not model cifar10's colour intensities: set model.likelihood=gaussian "
+            "or discretized_logistic",
+        )
         if self.model.decoder == Architecture.linear:
             require(
                 self.model.likelihood == Likelihood.gaussian,

@@ -85,6 +85,7 @@ def test_evaluate_writes_gaps_points_and_tensorboard(linear_runs):
         for key in REQUIRED:
             assert key in on_disk, key
         assert on_disk["num_points"] == 50 and on_disk["split"] == "test"
+        assert on_disk["binarization"] == {"train": "none", "eval": "none"}
         assert on_disk["log_px_exact"] is not None
         points = np.load(run_dir / "eval" / "points.npz")
         assert points["log_px"].shape == (50,)

@@ -1,6 +1,8 @@
 """Data: the observed x, as tensors on the device, and minibatches that carry example indices.
 
-`fashion_mnist` finds, checks and reads the Fashion-MNIST files (Xiao et al. 2017);
-`datasets` splits them (and the synthetic linear-Gaussian data) into train/valid/test.
-Nothing here knows about models or inference.
+`source` finds, checks (official checksums) and downloads a dataset's files; one module per
+dataset gives its files and reader (`fashion_mnist`, `mnist`, `binarized_mnist`, `omniglot`,
+`cifar10`, `npz`; `idx` is the IDX format they share); `datasets` holds the registry and turns
+what a reader returns (and the synthetic linear-Gaussian data) into binarized train/valid/test
+splits. Nothing here knows about models or inference.
 """

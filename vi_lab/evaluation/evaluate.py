@@ -67,6 +67,7 @@ def evaluate_run(
         **report.summary(),
         "run": str(run.run_dir),
         "kind": run.config.inference.kind.value,
+        "binarization": run.data.binarization,  # the fixed pixels evaluation saw
     }
     if not distributed.is_main():  # every rank holds the whole report; rank 0 writes it
         return summary

@@ -3,7 +3,7 @@ a variational family (`vi_lab.inference.families`): the same head for every fami
 
 The MLP has `model.encoder_hidden` widths, by default the decoder's in reverse
 (Cremer et al. 2018 use 200-200);
-the conv encoder downsamples 28x28 images twice before a linear head.
+the conv encoder downsamples the images twice before a linear head.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def build_encoder(
 ) -> Encoder:
     if config.encoder == Architecture.conv:
         check_image_shape(image_shape, "model.encoder")
-        net: nn.Module = ConvEncoderTrunk(config.channels, num_params)
+        net: nn.Module = ConvEncoderTrunk(config.channels, num_params, image_shape)
     else:
         widths = config.encoder_hidden if config.encoder_hidden is not None else list(reversed(config.hidden))
         net = mlp([data_dim, *widths, num_params])

@@ -1,8 +1,10 @@
-"""Network pieces shared by decoders and encoders: the MLP and the two conv trunks for 28x28 images.
+"""Network pieces shared by decoders and encoders: the MLP and the two conv trunks for images.
 
-`ConvDecoderTrunk` maps z up to an image (a linear map to 7x7, two transposed convolutions),
-`ConvEncoderTrunk` maps an image down to the encoder's outputs (two stride-2 convolutions,
-a linear head); `check_image_shape` is the one check that the data suit them.
+The trunks take any image shape (C, H, W) whose height and width are multiples of 4 (1x28x28
+MNIST-like digits, 3x32x32 CIFAR-10): `ConvDecoderTrunk` maps z up to the image (a linear map
+to (H/4, W/4), two transposed convolutions that double the size), `ConvEncoderTrunk` maps
+the image down to the encoder's outputs (two stride-2 convolutions, a linear head);
+`check_image_shape` is the one check that the data suit them.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import itertools
 
 from torch import Tensor, nn
 
-IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SHAPE = (1, 28, 28)  # the default: single-channel 28x28 images
 
 
 def check_image_shape(image_shape: tuple[int, ...] | None, key: str) -> None:
-    """Raise ValueError unless the data are 28x28 single-channel images (`key` is the setting asking)."""
-    if image_shape != IMAGE_SHAPE:
+    """Raise ValueError unless the data are images (C, H, W) with H and W multiples of 4 (`key` asks)."""
+    if image_shape is None or len(image_shape) != 3 or image_shape[1] % 4 or image_shape[2] % 4:
         raise ValueError(
-            f"{key}=conv needs 28x28 single-channel images, the data has shape {image_shape}; use {key}=mlp"
+            f"{key}=conv needs images (C, H, W) whose height and width are multiples of 4 (e.g. 1x28x28, "
+            f"3x32x32), the data has shape {image_shape}; use {key}=mlp"
         )
 
 
@@ -33,35 +36,53 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class ConvDecoderTrunk(nn.Module):
-    """z (N, D) -> (N, out_channels, H, W) for 28x28 images: a linear map to 7x7, two 2x upsamplings."""
+    """z (N, D) -> (N, out_channels, C*H*W): a linear map to (H/4, W/4), two 2x upsamplings.
 
-    def __init__(self, latent_dim: int, channels: list[int], out_channels: int) -> None:
+    `out_channels` likelihood parameters per pixel; parameter k of every pixel, flattened in the
+    data's (C, H, W) order, is output channel k.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: list[int],
+        out_channels: int,
+        image_shape: tuple[int, ...] = IMAGE_SHAPE,
+    ) -> None:
         super().__init__()
+        check_image_shape(image_shape, "model.decoder")
         wide, narrow = channels[-1], channels[0]
-        self.project = nn.Sequential(nn.Linear(latent_dim, wide * 7 * 7), nn.ELU())
-        self.wide = wide
+        image_channels, height, width = image_shape
+        self.wide, self.grid = wide, (height // 4, width // 4)
+        self.out_channels = out_channels
+        self.project = nn.Sequential(nn.Linear(latent_dim, wide * self.grid[0] * self.grid[1]), nn.ELU())
         self.upsample = nn.Sequential(
-            nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1),  # 7 -> 14
+            nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1),  # H/4 -> H/2
             nn.ELU(),
-            nn.ConvTranspose2d(narrow, out_channels, 4, stride=2, padding=1),  # 14 -> 28
+            nn.ConvTranspose2d(narrow, out_channels * image_channels, 4, stride=2, padding=1),  # H/2 -> H
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.project(z).view(-1, self.wide, 7, 7)  # (N, C, 7, 7)
-        return self.upsample(h).flatten(2)  # (N, out_channels, 784)
+        h = self.project(z).view(-1, self.wide, *self.grid)  # (N, wide, H/4, W/4)
+        out = self.upsample(h)  # (N, out_channels * C, H, W)
+        return out.reshape(out.shape[0], self.out_channels, -1)  # (N, out_channels, C*H*W)
 
 
 class ConvEncoderTrunk(nn.Sequential):
-    """(B, 784) -> (B, num_outputs): unflatten to 28x28, two stride-2 convolutions, a linear head."""
+    """(B, C*H*W) -> (B, num_outputs): unflatten to (C, H, W), two stride-2 convolutions, a linear head."""
 
-    def __init__(self, channels: list[int], num_outputs: int) -> None:
+    def __init__(
+        self, channels: list[int], num_outputs: int, image_shape: tuple[int, ...] = IMAGE_SHAPE
+    ) -> None:
+        check_image_shape(image_shape, "model.encoder")
         narrow, wide = channels[0], channels[-1]
+        image_channels, height, width = image_shape
         super().__init__(
-            nn.Unflatten(1, (1, 28, 28)),
-            nn.Conv2d(1, narrow, 4, stride=2, padding=1),  # 28 -> 14
+            nn.Unflatten(1, tuple(image_shape)),
+            nn.Conv2d(image_channels, narrow, 4, stride=2, padding=1),  # H -> H/2
             nn.ELU(),
-            nn.Conv2d(narrow, wide, 4, stride=2, padding=1),  # 14 -> 7
+            nn.Conv2d(narrow, wide, 4, stride=2, padding=1),  # H/2 -> H/4
             nn.ELU(),
             nn.Flatten(),
-            nn.Linear(wide * 7 * 7, num_outputs),
+            nn.Linear(wide * (height // 4) * (width // 4), num_outputs),
         )
