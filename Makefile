@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_TRAIN ?= data.num_train=10000 train.epochs=5 train.gaps_every=5 train.valid_num_points=50 train.gaps_num_points=50
 DEMO_EVAL ?= num_points=200
 
-.PHONY: install data postgres demo test lint bench
+.PHONY: install data postgres demo test lint bench gpu-check
 
 install:
 	$(PIP) install --quiet torch==2.13.0
@@ -58,3 +58,8 @@ lint:
 # One markdown table (benchmarks/run_all.py): ours against a reference, row by row, with the machine.
 bench: install
 	$(PYTHON) -m benchmarks.run_all
+
+# Every CUDA path once (all modes and families a few steps in bf16, compiled; device tests; bench
+# rows), results to $$OUT (the device machine's) or runs/gpu-check: docs/performance.md.
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check --out $${OUT:-runs/gpu-check}

@@ -14,7 +14,7 @@ import importlib
 from benchmarks.table import machine, markdown
 from vi_lab.runtime import resolve_device
 
-SOURCES = ("throughput", "evaluation", "scaling")
+SOURCES = ("throughput", "families", "evaluation", "scaling")
 
 
 def main() -> None:

@@ -65,16 +65,12 @@ def data(decoder: LinearGaussianDecoder, num_points: int, seed: int = 1) -> torc
 
 def best_q(decoder: LinearGaussianDecoder, x: torch.Tensor) -> torch.Tensor:
     """The diagonal family's params of the best diagonal q, (B, 2D)."""
-    return DIAGONAL.pack(*decoder.best_diagonal(x)).detach()
+    return decoder.best_in(DIAGONAL, x).detach()
 
 
 def exact_posterior(decoder: LinearGaussianDecoder, x: torch.Tensor) -> torch.Tensor:
     """The full-covariance family's params of p(z | x) itself, (B, P)."""
-    loc, cov = decoder.posterior(x)
-    lower = torch.linalg.cholesky(cov)  # (D, D), shared by all points
-    rows, cols = torch.tril_indices(LATENT_DIM, LATENT_DIM, offset=-1)
-    row = torch.cat([lower.diagonal().log(), lower[rows, cols]])
-    return torch.cat([loc, row.expand(x.shape[0], -1)], dim=1).detach()
+    return decoder.best_in(FULL, x).detach()
 
 
 def prior(x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ def _parameters(module: torch.nn.Module) -> list[torch.Tensor]:
 def _gap_to_best(decoder, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """L[q*] - L[q] per point of diagonal q's, in closed form, (N,)."""
     with torch.no_grad():
-        best = DIAGONAL.pack(*decoder.best_diagonal(x))
+        best = decoder.best_in(DIAGONAL, x)
         return decoder.exact_elbo(x, DIAGONAL, best) - decoder.exact_elbo(x, DIAGONAL, params)
 
 
@@ -80,7 +80,7 @@ def test_rows_stop_on_their_own(linear_model, linear_data):
     """A row already at its optimum stops long before the cap while a far one goes on."""
     torch.manual_seed(2)
     x = linear_data[:2]
-    loc, log_scale = linear_model.best_diagonal(x)
+    loc, log_scale = DIAGONAL.unpack(linear_model.best_in(DIAGONAL, x))
     with torch.no_grad():
         loc[1] += 5.0
     config = replace(EvalConfig().refine, max_steps=3000)
@@ -221,7 +221,7 @@ def test_rows_that_stopped_cost_no_gradient_passes(linear_model, linear_data):
     rows), under half of carrying every row to the last step; every row keeps its own result."""
     torch.manual_seed(4)
     x = linear_data[:40]
-    loc, log_scale = linear_model.best_diagonal(x)
+    loc, log_scale = DIAGONAL.unpack(linear_model.best_in(DIAGONAL, x))
     with torch.no_grad():
         loc[:2] += 30.0  # about 300 steps of lr 0.1 away
     counter = _GradientPassCounter(linear_model)

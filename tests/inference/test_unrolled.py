@@ -94,7 +94,7 @@ def test_gradient_through_the_steps_matches_finite_differences(optimizer):
 def _exact_gap(decoder, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """L[q*] - L[q] per point of diagonal q's in closed form, (N,)."""
     with torch.no_grad():
-        best = DIAGONAL.pack(*decoder.best_diagonal(x))
+        best = decoder.best_in(DIAGONAL, x)
         return decoder.exact_elbo(x, DIAGONAL, best) - decoder.exact_elbo(x, DIAGONAL, params)
 
 
@@ -113,7 +113,7 @@ def test_steps_move_the_guess_towards_the_closed_form_best_q(linear_model, linea
     past the stability limit (lr > 2 / the largest curvature, about 0.02 here) end below the
     guess."""
     torch.manual_seed(3)
-    best_loc, best_log_scale = linear_model.best_diagonal(linear_data)
+    best_loc, best_log_scale = DIAGONAL.unpack(linear_model.best_in(DIAGONAL, linear_data))
     loc = best_loc.detach() + torch.randn_like(best_loc)
     log_scale = best_log_scale.detach() + 0.5 * torch.randn_like(best_log_scale)
     guess = DIAGONAL.pack(loc, log_scale)

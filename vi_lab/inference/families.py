@@ -106,6 +106,11 @@ class Family:
         """(loc (N, D), scale_tril (N, D, D)) of a Gaussian q, for closed-form checks."""
         raise NotImplementedError(f"a q of the {self.name} family is not Gaussian")
 
+    def closest_to_gaussian(self, loc: Tensor, precision: Tensor) -> Tensor:
+        """Params of argmin_q KL(q || N(loc, precision^-1)) over the family, loc (N, D), precision
+        (D, D): a family's best q for a Gaussian posterior (the linear-Gaussian model's)."""
+        raise NotImplementedError(f"the {self.name} family has no closed-form best q for a Gaussian")
+
     @classmethod
     def from_config(cls, latent_dim: int, inference: InferenceConfig) -> Family:
         """The family for a latent size, with its settings from the inference config."""
@@ -184,6 +189,11 @@ class Diagonal(Family):
     def gaussian(self, params: Tensor) -> tuple[Tensor, Tensor]:
         loc, log_scale = self.unpack(params)
         return loc, torch.diag_embed(log_scale.exp())
+
+    def closest_to_gaussian(self, loc: Tensor, precision: Tensor) -> Tensor:
+        """The posterior mean and variances 1 / diag(precision) (Bishop 2006, Sec. 10.1.2)."""
+        log_scale = -0.5 * torch.log(torch.diagonal(precision))
+        return self.pack(loc, log_scale.expand_as(loc))
 
     def elbo_and_gradient(
         self,
@@ -271,6 +281,13 @@ class FullCovariance(Family):
 
     def gaussian(self, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._parts(params)[0], self.scale_tril(params)
+
+    def closest_to_gaussian(self, loc: Tensor, precision: Tensor) -> Tensor:
+        """The Gaussian itself: L the Cholesky factor of precision^-1."""
+        lower = torch.linalg.cholesky(torch.linalg.inv(precision))  # (D, D)
+        rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim, offset=-1, device=loc.device)
+        row = torch.cat([lower.diagonal().log(), lower[rows, cols]])
+        return torch.cat([loc, row.expand(loc.shape[0], -1)], dim=1)
 
 
 @dataclass(frozen=True)

@@ -81,11 +81,9 @@ class LinearGaussianDecoder(nn.Module):
         projected = (x - self.bias) @ self.weight * torch.exp(-2.0 * self.log_noise)  # (B, D)
         return projected @ cov, cov
 
-    def best_diagonal(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(loc, log_scale) of argmin_q KL(q || p(z|x)) over diagonal Gaussians q."""
-        loc, _ = self.posterior(x)
-        log_scale = -0.5 * torch.log(torch.diagonal(self._precision()))
-        return loc, log_scale.expand_as(loc)
+    def best_in(self, family: Family, x: Tensor) -> Tensor:
+        """The params of the family's best q for each point, argmin KL(q || p(z|x)), (B, P)."""
+        return family.closest_to_gaussian(self.posterior(x)[0], self._precision())
 
     def exact_elbo(self, x: Tensor, family: Family, params: Tensor) -> Tensor:
         """ELBO of a Gaussian q (`family.gaussian(params)`: N(m, L L^T)) as log p(x) - KL(q || p(z|x)), (B,):
