@@ -234,8 +234,17 @@ class LocalFitConfig:
 
 @dataclass
 class InnerLoopConfig(LocalFitConfig):
-    """The training inner loop: a `LocalFitConfig` run on a minibatch's rows at every visit."""
+    """The training inner loop: a `LocalFitConfig` run on a minibatch's rows at every visit.
 
+    Its defaults keep the rows near their optimum while the decoder moves (docs/inner_loop.md):
+    50 steps at 0.1, the step size halved up to 4 times when a 10-step window shows no
+    significant progress, so that each visit ends below Adam's jitter floor.
+    """
+
+    max_steps: int = 50
+    lr: float = 0.1
+    check_samples: int = 4
+    num_decays: int = 4
     reset_state: bool = False  # fresh Adam moments at every visit (True) or kept across visits
 
 
@@ -315,6 +324,10 @@ class EvalConfig:
     num_points: int | None = 1000  # null: the whole split
     estimator: Estimator = Estimator.iwae
     num_samples: int = 5000  # K of the importance-weighted bound
+    # null: IWAE's proposal is the best q* itself; a number: the multivariate Student-t with that
+    # many degrees of freedom and the location and scale of the best Gaussian q* (heavier tails
+    # than a curved posterior's: evaluation/iwae.py)
+    proposal_dof: float | None = None
     init: RefineInit = RefineInit.auto
     # families whose q* is refined on the same points (Cremer et al. 2018, Table 2); the run's
     # own family always is. Flows take the run's inference.flow settings.
@@ -333,6 +346,8 @@ class EvalConfig:
         require(self.split in ("train", "valid", "test"), "split", "must be train, valid or test")
         require(self.num_points is None or self.num_points > 0, "num_points", "must be positive or null")
         require(self.num_samples > 0, "num_samples", "must be positive")
+        positive = self.proposal_dof is None or self.proposal_dof > 0
+        require(positive, "proposal_dof", "must be positive or null")
         require(self.batch_size > 0, "batch_size", "must be positive")
         require(
             self.memory_budget_mb is None or self.memory_budget_mb > 0,

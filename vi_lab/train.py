@@ -36,6 +36,7 @@ written on Ctrl-C or SIGTERM is a collective all ranks join.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,8 +53,10 @@ from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_
 from vi_lab.evaluation.validation import (
     VALID_KEYS,
     NonFiniteValidation,
+    exact_row_gap,
     posterior_log_std,
     row_gap,
+    row_gap_warning,
     validate,
     validation_images,
 )
@@ -74,10 +77,15 @@ METRIC_TAGS = [
     *(f"valid/{key}" for key in VALID_KEYS),
     "train/elbo",
     "train/row_gap",
+    "train/row_gap_exact",
     "charts/examples_per_second",
     "charts/seconds",
 ]
 EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+class RowsLagWarning(UserWarning):
+    """The per-datapoint table's rows are far from their optimum, or drifting away from it."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -352,11 +360,25 @@ def _validate(run: _Run) -> dict[str, float]:
     return {f"valid_{key}": value for key, value in values.items()}
 
 
-def _row_gap(run: _Run) -> dict[str, float]:
+def _row_gap(run: _Run) -> dict[str, Any]:
+    """`train/row_gap` (and `train/row_gap_exact` where the decoder has a closed form); for a
+    per-datapoint table, a warning when its rows lag (`validation.row_gap_warning`)."""
     x = run.data.x["train"][: min(run.config.train.gaps_num_points, run.data.num_train)]
     mean, se = row_gap(run.model, x, run.config.eval)
     run.scalar("train/row_gap", mean)
-    return {"row_gap": mean, "row_gap_se": se}
+    values: dict[str, Any] = {"row_gap": mean, "row_gap_se": se}
+    exact = exact_row_gap(run.model, x)
+    if exact is not None:
+        run.scalar("train/row_gap_exact", exact)
+        values["row_gap_exact"] = exact
+    if run.model.table_keys:  # an encoder's gap on training points is the amortization gap, not a lag
+        previous = next((e for e in reversed(run.history) if "row_gap" in e), None)
+        warning = row_gap_warning(previous, mean, se, run.position.epoch + 1)
+        if warning is not None:
+            values["row_gap_warning"] = warning
+            if distributed.is_main():
+                warnings.warn(warning, RowsLagWarning, stacklevel=2)
+    return values
 
 
 def _summary(run: _Run) -> dict[str, Any]:
@@ -372,6 +394,7 @@ def _summary(run: _Run) -> dict[str, Any]:
         "seconds": position.seconds,
         "train_seconds": position.step_seconds,
         "examples_per_second": position.examples / max(position.step_seconds, 1e-9),
+        "warnings": [e["row_gap_warning"] for e in run.history if "row_gap_warning" in e],
         "history": run.history,
     }
 

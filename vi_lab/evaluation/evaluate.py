@@ -162,7 +162,17 @@ TRAINING_ROWS = [
         lambda m: f"{m['train_seconds']:.0f} / {m['examples_per_second']:.0f}",
     ),
     ("row gap, training points", lambda m: _value(m, "row_gap")),
+    ("row gap, closed form", lambda m: _value(m, "row_gap_exact")),
+    ("rows lag the decoder (warned)", lambda m: _lag_epochs(m)),
 ]
+
+
+def _lag_epochs(metrics: dict[str, Any]) -> str:
+    """The epochs at which training warned that the table's rows lag, or — (none warned)."""
+    epochs = [e["epoch"] for e in metrics["history"] if "row_gap_warning" in e]
+    return "⚠ epochs " + ", ".join(map(str, epochs)) if epochs else "—"
+
+
 BUDGET_ROWS = [
     ("valid L[q*]", "valid_elbo_refined"),
     ("valid log p(x)", "valid_log_px"),
@@ -172,11 +182,17 @@ BUDGET_ROWS = [
 EVAL_ROWS = [
     ("points", lambda s: f"{s['num_points']} ({s['split']})"),
     ("variational family", lambda s: s.get("family", "diagonal")),
-    ("log p(x) estimator", lambda s: f"{s['estimator']} ({s['num_samples']})"),
+    ("log p(x) estimator", lambda s: f"{s['estimator']} ({s['num_samples']}){_tails(s)}"),
     ("refine steps mean / max", lambda s: f"{s['refine_steps_mean']:.0f} / {s['refine_steps_max']}"),
     ("points at step cap", lambda s: str(s["refine_num_capped"])),
     ("refine s / log p s", lambda s: f"{s['refine_seconds']:.1f} / {s['log_px_seconds']:.1f}"),
 ]
+
+
+def _tails(summary: dict[str, Any]) -> str:
+    """', Student-t proposal (ν dof)' where IWAE's proposal was heavy-tailed, else ''."""
+    dof = summary.get("proposal_dof")
+    return "" if dof is None else f", Student-t proposal ({dof:g} dof)"
 
 
 def format_families(summaries: list[dict[str, Any]], names: list[str]) -> str | None:

@@ -89,6 +89,7 @@ class GapReport:
     log_px_seconds: float
     estimator: str
     num_samples: int
+    proposal_dof: float | None = None  # IWAE's Student-t proposal (eval.proposal_dof), None: q* itself
 
     @property
     def own(self) -> Refinement:
@@ -131,6 +132,7 @@ class GapReport:
             family=self.family,
             estimator=self.estimator,
             num_samples=self.num_samples,
+            proposal_dof=self.proposal_dof,
             refine_steps_mean=float(points["refine_steps"].mean()),
             refine_steps_max=int(points["refine_steps"].max()),
             refine_num_capped=int(own.capped.sum().item()),
@@ -255,7 +257,7 @@ def _measure_gaps(
         refined[family.name] = _refine_family(decoder, family, x, start, config, progress)
     started = time.perf_counter()
     with torch.no_grad():
-        proposal = torch.stack([r.elbo for r in refined.values()]).argmax(0)  # (N,)
+        proposal = _proposal(families, refined, config)  # (N,)
         log_px = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
         for index, (family, r) in enumerate(zip(families, refined.values(), strict=True)):
             chosen = proposal == index
@@ -279,7 +281,23 @@ def _measure_gaps(
         log_px_seconds=time.perf_counter() - started,
         estimator=config.estimator.value,
         num_samples=config.ais.num_chains if config.estimator == Estimator.ais else num_samples,
+        proposal_dof=config.proposal_dof if config.estimator == Estimator.iwae else None,
     )
+
+
+def _proposal(families: list[Family], refined: dict[str, Refinement], config: EvalConfig) -> Tensor:
+    """Per point, the index of the family whose q* proposes log p(x)'s samples: the best L[q*],
+    among the Gaussian families when the proposal is their Student-t (`eval.proposal_dof`)."""
+    elbos = torch.stack([r.elbo for r in refined.values()])  # (F, N)
+    if config.proposal_dof is not None and config.estimator == Estimator.iwae:
+        gaussian = torch.tensor([f.is_gaussian for f in families], device=elbos.device)
+        if not bool(gaussian.any()):
+            raise ValueError(
+                "eval.proposal_dof needs a Gaussian q*: add diagonal or full to eval.families, "
+                "or set eval.proposal_dof=null"
+            )
+        elbos = elbos.masked_fill(~gaussian[:, None], -math.inf)
+    return elbos.argmax(0)
 
 
 def _refine_family(
@@ -315,7 +333,9 @@ def _log_marginal(
             step_size=ais.step_size,
             memory_budget_mb=budget,
         )
-    return iwae_log_marginal(decoder, family, x, params, num_samples, memory_budget_mb=budget)
+    return iwae_log_marginal(
+        decoder, family, x, params, num_samples, memory_budget_mb=budget, tail_dof=config.proposal_dof
+    )
 
 
 def measure_row_gap(

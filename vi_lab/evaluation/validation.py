@@ -53,6 +53,47 @@ def row_gap(model: LatentVariableModel, x: Tensor, config: EvalConfig) -> tuple[
 
 
 @torch.no_grad()
+def exact_row_gap(model: LatentVariableModel, x: Tensor) -> float | None:
+    """The mean row gap of the first training points in closed form, where the decoder has one
+    (the linear-Gaussian model, for a family with a closed-form best q); else None."""
+    decoder, family = model.decoder, model.family
+    if not hasattr(decoder, "best_in"):
+        return None
+    try:
+        best = decoder.best_in(family, x)
+    except NotImplementedError:  # a flow's best q has no closed form
+        return None
+    idx = torch.arange(x.shape[0], device=x.device)
+    return (
+        (decoder.exact_elbo(x, family, best) - decoder.exact_elbo(x, family, model.posterior(x, idx)))
+        .mean()
+        .item()
+    )
+
+
+ROW_GAP_LIMIT = 3.0  # nats: per-datapoint rows further than this from their optimum lag the decoder
+ROW_GAP_FLOOR = 1.0  # nats: a gap below this is kept up with, even where it grew
+
+
+def row_gap_warning(previous: dict[str, float] | None, mean: float, se: float, epoch: int) -> str | None:
+    """One line when a table's rows lag: a row gap above ROW_GAP_LIMIT, or one above ROW_GAP_FLOOR
+    that grew since the previous measurement by more than 2 standard errors of the difference;
+    else None."""
+    grew = (
+        previous is not None
+        and mean > ROW_GAP_FLOOR
+        and mean - previous["row_gap"] > 2.0 * math.hypot(se, previous["row_gap_se"])
+    )
+    if mean <= ROW_GAP_LIMIT and not grew:
+        return None
+    why = f"above {ROW_GAP_LIMIT:g}" if mean > ROW_GAP_LIMIT else f"up from {previous['row_gap']:.2f}"
+    return (
+        f"the per-datapoint rows lag the decoder: train/row_gap {mean:.2f} ± {se:.2f} nats at epoch {epoch} "
+        f"({why}); raise inference.inner.max_steps or lower train.lr (docs/inner_loop.md)"
+    )
+
+
+@torch.no_grad()
 def posterior_log_std(family: Family, params: Tensor, num_samples: int = 32) -> Tensor:
     """log of the standard deviation of each latent under each q, from `num_samples` draws, (N, D):
     the same measure for every family (a flow's has no closed form)."""

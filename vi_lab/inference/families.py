@@ -68,6 +68,7 @@ class Family:
     with a closed-form density or Gaussian form also defines `log_prob` and `gaussian`."""
 
     name: ClassVar[str]
+    is_gaussian: ClassVar[bool] = False  # whether `gaussian` gives q's (loc, scale_tril)
     latent_dim: int
 
     @property
@@ -153,6 +154,7 @@ class Family:
 @dataclass(frozen=True)
 class Diagonal(Family):
     name: ClassVar[str] = "diagonal"
+    is_gaussian: ClassVar[bool] = True
 
     @property
     def num_params(self) -> int:
@@ -228,6 +230,7 @@ class Diagonal(Family):
 @dataclass(frozen=True)
 class FullCovariance(Family):
     name: ClassVar[str] = "full"
+    is_gaussian: ClassVar[bool] = True
 
     @property
     def num_off_diagonal(self) -> int:
