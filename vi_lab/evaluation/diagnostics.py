@@ -40,12 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vi_lab.chunking import map_points
 from vi_lab.inference.families import Family, sample_mean
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): Cov_x(E_q[z_d]) above it makes d active
 MOMENT_SAMPLES = 256  # draws behind E_q[z] and Var_q(z) of a family without a Gaussian form
 MI_SAMPLES = 1  # draws of z per point behind the MI (He et al. 2019 draw one)
-CHUNK_ELEMENTS = 1 << 24  # z values per chunk of the N x N table of log q(z_i | x_j)
+CHUNK_ELEMENTS = 1 << 24  # z values per chunk of work (draws, the N x N table of log q(z_i | x_j))
 
 
 @dataclass
@@ -107,9 +108,17 @@ def marginal_moments(
         loc, scale_tril = gaussian
         variance = scale_tril.square().sum(-1)  # diag(L L^T)
         return loc, variance, torch.zeros_like(loc)
-    z = family.sample(params, num_samples).z  # (S, N, D)
-    variance = z.var(0)
-    return z.mean(0), variance, variance / num_samples
+
+    def moments(params: Tensor) -> tuple[Tensor, Tensor]:
+        z = family.sample(params, num_samples).z  # (S, n, D)
+        return z.mean(0), z.var(0)
+
+    loc, variance = map_points(moments, params, size=_points_per_chunk(num_samples * family.latent_dim))
+    return loc, variance, variance / num_samples
+
+
+def _points_per_chunk(elements_per_point: int) -> int:
+    return max(1, CHUNK_ELEMENTS // elements_per_point)
 
 
 def mean_variance(means: Tensor, noise: Tensor) -> Tensor:
@@ -131,7 +140,7 @@ def mutual_information_terms(family: Family, params: Tensor, num_samples: int = 
     num_points = params.shape[0]
     drawn = family.sample(params, num_samples)  # z (S, N, D)
     flat = drawn.z.reshape(-1, family.latent_dim)  # (S N, D), point i at rows s N + i
-    chunk = max(1, CHUNK_ELEMENTS // (num_points * family.latent_dim))
+    chunk = _points_per_chunk(num_points * family.latent_dim)
     log_aggregate = []
     for start in range(0, flat.shape[0], chunk):
         z = flat[start : start + chunk, None].expand(-1, num_points, -1)  # (C, N, D): z_i against every q_j
@@ -151,7 +160,8 @@ def diagnose(family: Family, params: Tensor, num_samples: int = MOMENT_SAMPLES) 
     mutual_information = mutual_information_terms(family, params)
     marginal_kl = None
     if mutual_information is not None:
-        kl = sample_mean(family.sample(params, num_samples).kl)  # (N,) closed form or Monte Carlo
+        size = _points_per_chunk(num_samples * family.latent_dim)
+        kl = map_points(lambda p: sample_mean(family.sample(p, num_samples).kl), params, size=size)
         marginal_kl = kl - mutual_information
     return Diagnostics(
         mean_variance(loc, noise), kl_per_dimension(loc, variance), mutual_information, marginal_kl
