@@ -21,13 +21,14 @@ For q's of N points x_1..x_N (a family and params (N, P)), with the prior p = N(
   Gaussian entropy; the two agree in expectation), and log q(z) the log-mean-exp of
   log q(z | x_j) over all N points, j = i included. It is the MI of the empirical
   distribution of the N points, at most log N (gaps.json records log N beside it): an
-  estimate near log N is saturated, and underestimates I(x; z), which happens for an
-  image VAE on validation's 50 points (log 50 = 3.9 nats).
+  estimate near log N is saturated, and I(x; z) may be larger, as for an image VAE on
+  validation's 50 points (log 50 = 3.9 nats).
   Needs `log_prob` at any z, which a planar flow lacks: None for such a family.
 - marginal KL(q(z) || p(z)) = E_x KL(q(z | x) || p(z)) - I_q(x; z) (Hoffman & Johnson 2016),
   per point: KL_i - MI_i, from the family's KL (closed form, or Monte Carlo for a flow) and
   the MI terms above; None where the MI is, and too large where the MI is saturated.
-Each per-point quantity comes with its standard error over points.
+Each mean of per-point terms comes with its standard error over points; the MI terms share
+the aggregate, so theirs is approximate (on the linear-Gaussian tests it is calibrated).
 """
 
 from __future__ import annotations
