@@ -14,7 +14,8 @@ every reported bound has beta = 1.
 Validation means the same for every mode: on a fixed subset of the validation split, q
 is refined to convergence from the posterior's guess with the decoder frozen
 (`eval.refine`), giving `valid/elbo_refined` and the importance-weighted `valid/log_px`
-(plus `valid/elbo_encoder` where there is an encoder). Scalars carry the training clock
+(plus `valid/elbo_encoder` where there is an encoder), and the posterior diagnostics of
+`evaluation/diagnostics.py` (`diagnostics/...`) of the encoder's q and of q*. Scalars carry the training clock
 as their wall time (seconds inside training steps since the run began), so TensorBoard's
 "relative" axis compares runs at equal training time.
 
@@ -50,6 +51,7 @@ from tqdm import tqdm
 from vi_lab import distributed
 from vi_lab.config import Config, Precision, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
+from vi_lab.evaluation import diagnostics as diagnosing
 from vi_lab.evaluation.validation import (
     VALID_KEYS,
     NonFiniteValidation,
@@ -350,6 +352,17 @@ def _validate(run: _Run) -> dict[str, float]:
     run.writer.add_histogram(
         "posterior/log_std", posterior_log_std(family, params).flatten(), run.position.step
     )
+    with torch.no_grad():
+        encoder = run.model.posterior.guess(x) if run.model.posterior.amortized else None
+    diagnostics = diagnosing.diagnose_posteriors(family, encoder, params)
+    for name, d in diagnostics.items():  # over latent dimensions: a spike at 0 is collapse
+        if d is not None:
+            kl = d.kl_per_dimension.mean(0)
+            run.writer.add_histogram(f"diagnostics/kl_per_dimension_{name}", kl, run.position.step)
+    diagnosed = diagnosing.scalars(diagnostics)
+    for key, value in diagnosed.items():
+        run.scalar(f"diagnostics/{key}", value)
+    values.update(diagnosed)
     if run.data.image_shape is not None:
         center = family.center(params)
         images = validation_images(

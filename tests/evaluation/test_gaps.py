@@ -96,10 +96,23 @@ def test_evaluate_writes_gaps_points_and_tensorboard(linear_runs):
             assert on_disk["amortization_gap"] == pytest.approx(
                 on_disk["elbo_refined"] - on_disk["elbo_amortized"], abs=1e-4
             )
+        for key in ("active_units", "kl_per_dimension", "mutual_information", "marginal_kl"):
+            assert (on_disk[key]["encoder"] is None) == (kind == "local"), key
+            assert on_disk[key]["refined"] is not None, key
+        assert (
+            len(on_disk["kl_per_dimension"]["refined"]) == 4 and 0 <= on_disk["active_units"]["refined"] <= 4
+        )
+        assert points["kl_per_dimension.refined"].shape == (50, 4)
+        assert np.isclose(
+            points["mutual_information.refined"].mean(), on_disk["mutual_information"]["refined"]
+        )
         events = EventAccumulator(str(run_dir), size_guidance={"histograms": 0})
         events.Reload()
         assert "eval/test/log_px" in events.Tags()["scalars"]
         assert "eval/test/approximation_gap_per_point" in events.Tags()["histograms"]
+        assert "eval/test/diagnostics/mutual_information_refined" in events.Tags()["scalars"]
+        assert "diagnostics/active_units_refined" in events.Tags()["scalars"]  # at validation
+        assert ("diagnostics/mutual_information_encoder" in events.Tags()["scalars"]) == (kind != "local")
 
     table = compare_runs([linear_runs[kind] for kind in ("amortized", "semi_amortized", "local")])
     assert table.splitlines()[0] == "| | amortized | semi_amortized | local |"

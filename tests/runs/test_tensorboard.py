@@ -161,7 +161,7 @@ def test_one_experiment_per_log_root(log_root: Path, tmp_path: Path) -> None:
 
 def test_evaluate_writes_figures_as_png(log_root: Path) -> None:
     out = log_root / "amortized" / "eval"
-    for name in ("test_gaps", "test_bounds", "gap_curves"):
+    for name in ("test_gaps", "test_bounds", "gap_curves", "test_diagnostics"):
         with Image.open(out / f"{name}.png") as image:
             assert image.format == "PNG" and image.width >= 300 and image.height >= 200
             assert len(np.unique(np.asarray(image.convert("L")))) > 2  # drawn, not a blank canvas

@@ -22,9 +22,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from vi_lab import distributed
 from vi_lab.config import FamilyName, override
+from vi_lab.evaluation import diagnostics as diagnosing
 from vi_lab.evaluation.figures import (
     bound_scatter,
     budget_curves,
+    diagnostics_bars,
     gap_curves,
     gap_histograms,
     posterior_panels,
@@ -69,13 +71,21 @@ def evaluate_run(
         "kind": run.config.inference.kind.value,
         "binarization": run.data.binarization,  # the fixed pixels evaluation saw
     }
+    with torch.no_grad():
+        encoder = run.model.posterior.guess(x) if run.model.posterior.amortized else None
+    diagnostics = diagnosing.diagnose_posteriors(families[0], encoder, report.own.params)
+    summary.update(diagnosing.report(diagnostics))
+    for family in families:  # q* of every family refined, the run's own (diagnosed above) first
+        refined = report.refined[family.name].params
+        diagnosed = diagnostics["refined"] if family is families[0] else diagnosing.diagnose(family, refined)
+        summary["families"][family.name].update(diagnosed.summary())
     if not distributed.is_main():  # every rank holds the whole report; rank 0 writes it
         return summary
 
     out = run.run_dir / "eval"
     out.mkdir(exist_ok=True)
     write_json(summary, out / "gaps.json")
-    points = report.per_point()
+    points = {**report.per_point(), **diagnosing.per_point(diagnostics)}
     np.savez(out / "points.npz", **points)
     with SummaryWriter(str(run.run_dir)) as writer:
         for key, _ in ROWS:
@@ -85,6 +95,8 @@ def evaluate_run(
             for key in FAMILY_KEYS:
                 if entry[key] is not None:
                     writer.add_scalar(f"eval/{config.split}/{name}/{key}", entry[key], run.step)
+        for key, value in diagnosing.scalars(diagnostics).items():
+            writer.add_scalar(f"eval/{config.split}/diagnostics/{key}", value, run.step)
         for key in ("amortization_gap", "approximation_gap"):
             if key in points:
                 writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
@@ -94,6 +106,7 @@ def evaluate_run(
             f"{config.split}_gaps": gap_histograms(points),
             f"{config.split}_bounds": bound_scatter(points),
             "gap_curves": gap_curves(history),
+            f"{config.split}_diagnostics": diagnostics_bars(summary),
         }
         if run.model.decoder.latent_dim == 2:
             qs = (
@@ -186,6 +199,9 @@ EVAL_ROWS = [
     ("refine steps mean / max", lambda s: f"{s['refine_steps_mean']:.0f} / {s['refine_steps_max']}"),
     ("points at step cap", lambda s: str(s["refine_num_capped"])),
     ("refine s / log p s", lambda s: f"{s['refine_seconds']:.1f} / {s['log_px_seconds']:.1f}"),
+    ("active units, encoder / q*", lambda s: _diagnostic(s, "active_units")),
+    ("I(x; z), encoder / q*", lambda s: _diagnostic(s, "mutual_information")),
+    ("KL(q(z) ‖ p(z)), encoder / q*", lambda s: _diagnostic(s, "marginal_kl")),
 ]
 
 
@@ -193,6 +209,14 @@ def _tails(summary: dict[str, Any]) -> str:
     """', Student-t proposal (ν dof)' where IWAE's proposal was heavy-tailed, else ''."""
     dof = summary.get("proposal_dof")
     return "" if dof is None else f", Student-t proposal ({dof:g} dof)"
+
+
+def _diagnostic(summary: dict[str, Any], key: str) -> str:
+    """`encoder / q*` of a posterior diagnostic (`diagnostics.report`), — where there is none."""
+    values = summary.get(key) or {}
+    if "refined_se" in values:  # a mean with its standard error
+        return " / ".join(_value(values, q) for q in ("encoder", "refined"))
+    return " / ".join("—" if values.get(q) is None else str(values[q]) for q in ("encoder", "refined"))
 
 
 def format_families(summaries: list[dict[str, Any]], names: list[str]) -> str | None:

@@ -162,3 +162,44 @@ def budget_curves(histories: list[list[dict[str, Any]]], names: list[str]) -> Fi
         ax.set_title("log p(x) (solid), L[q*] (dashed)", fontsize=10)
     figure.axes[0].legend(fontsize=8)
     return figure
+
+
+def diagnostics_bars(summary: dict[str, Any]) -> Figure:
+    """Posterior collapse per latent dimension (`diagnostics.py`), the encoder's q beside q*:
+    KL(q_d || N(0, 1)) averaged over points, and Cov_x(E_q[z_d]) with the active-unit
+    threshold (log scale); the titles give the active units and I_q(x; z) ± standard error."""
+    from vi_lab.evaluation.diagnostics import ACTIVE_THRESHOLD
+
+    qs = [name for name, value in summary["kl_per_dimension"].items() if value is not None]
+    figure = new_figure(2, panel_size=(6.0, 3.2))
+    width = 0.8 / len(qs)
+    for ax, key, label in zip(
+        figure.axes,
+        ("kl_per_dimension", "mean_variance"),
+        ("KL(q_d ‖ N(0, 1)), nats", "Cov_x(E_q[z_d])"),
+        strict=True,
+    ):
+        for index, name in enumerate(qs):
+            values = np.asarray(summary[key][name])
+            if key == "mean_variance":
+                values = np.clip(values, 1e-6, None)  # a dead unit's variance is 0 up to rounding
+            dims = np.arange(len(values))
+            ax.bar(dims + (index - (len(qs) - 1) / 2) * width, values, width, label=_q_label(summary, name))
+        ax.set(xlabel="latent dimension", ylabel=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    figure.axes[1].set_yscale("log")
+    figure.axes[1].axhline(ACTIVE_THRESHOLD, color="black", linestyle="--", linewidth=1)
+    figure.axes[0].legend(fontsize=8)
+    ceiling = summary["mutual_information"].get("log_num_points")
+    bound = "" if ceiling is None else f"; the I(x; z) estimate ≤ log N = {ceiling:.2f}"
+    figure.axes[0].set_title(f"KL of each marginal, mean over points{bound}", fontsize=9)
+    units = ", ".join(f"{name} {summary['active_units'][name]}" for name in qs)
+    figure.axes[1].set_title(f"active units (above the dashed line): {units}", fontsize=9)
+    return figure
+
+
+def _q_label(summary: dict[str, Any], name: str) -> str:
+    """'encoder q, I = 2.10 ± 0.05' (the MI where the family has one)."""
+    mi = summary["mutual_information"]
+    label = "encoder q" if name == "encoder" else "q* (refined)"
+    return label if mi[name] is None else f"{label}, I(x; z) = {mi[name]:.2f} ± {mi[f'{name}_se']:.2f}"
