@@ -76,7 +76,11 @@ def _board(args: argparse.Namespace) -> None:
     root = Path(args.root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    print(f"written: {write_experiment_summary(root)} (`tensorboard --logdir {root}`, HParams tab)")
+    path = write_experiment_summary(root)
+    if path is None:
+        print(f"vi-lab board: warning: no runs below {root}: no HParams experiment written", file=sys.stderr)
+        return
+    print(f"written: {path} (`tensorboard --logdir {root}`, HParams tab)")
 
 
 def _study(args: argparse.Namespace) -> None:

@@ -159,7 +159,7 @@ def train(
     else:  # on resume, drop the events logged after the checkpoint (a run killed mid-epoch logged them)
         writer = SummaryWriter(str(run_dir), purge_step=position.step + 1 if resume else None)
     if not resume and distributed.is_main():
-        start_session(writer, hparams or flatten(to_dict(config)))
+        start_session(writer, hparams or flatten(to_dict(config)), run_dir.name)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     network = distributed.wrap(model, model.table_keys)
     run = _Run(config, run_dir, data, model, optimizer, writer, position, history, window, network)

@@ -4,8 +4,9 @@
 family and those of `eval.families`, and writes RUN/eval/: gaps.json (means, standard
 errors, steps and seconds; `families` holds each family's), points.npz (per-point values,
 other families' as `key.family`), the figures of `figures.py` as PNG, and into the run's
-TensorBoard: scalars `eval/{split}/...` and `eval/{split}/{family}/...` (metric columns of
-the HParams tab), histograms of the per-point gaps and the figures. `compare_runs` puts
+TensorBoard, at the run's last step: scalars `eval/{split}/...` and
+`eval/{split}/{family}/...` (metric columns of the HParams tab), the table as text
+`eval/{split}`, histograms of the per-point gaps and the figures. `compare_runs` puts
 several evaluated runs side by side as markdown tables (with Cremer et al.'s table of the
 families where more than one was refined), and can draw their budget curves.
 """
@@ -85,6 +86,8 @@ def evaluate_run(
             for key in FAMILY_KEYS:
                 if entry[key] is not None:
                     writer.add_scalar(f"eval/{config.split}/{name}/{key}", entry[key], run.step)
+        # the table as text too: a single evaluated point is easy to miss in a chart
+        writer.add_text(f"eval/{config.split}", format_table([summary], [run.run_dir.name]), run.step)
         for key in ("amortization_gap", "approximation_gap"):
             if key in points:
                 writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
