@@ -44,11 +44,28 @@ def _train(args: argparse.Namespace) -> None:
     metrics = train(config, run_dir, resume=bool(args.resume))
     if not distributed.is_main():
         return
-    print(
-        f"{run_dir}: train ELBO {metrics['train_elbo']:.2f}; "
-        f"valid L[q*] {metrics['valid_elbo_refined']:.2f}, "
-        f"log p(x) {metrics['valid_log_px']:.2f}; {metrics['epochs']} epochs in {metrics['seconds']:.1f} s, "
-        f"{metrics['examples_per_second']:.0f} examples/s"
+    print(train_summary(run_dir, metrics))
+
+
+def train_summary(run_dir: Path, metrics: dict) -> str:
+    """The end of `vi-lab train`: the run's clocks told apart, its last validation and what next."""
+    gaps = [
+        f"{label} {metrics[key]:.2f}"
+        for key, label in (
+            ("valid_approximation_gap", "approximation gap"),
+            ("valid_amortization_gap", "amortization gap"),
+            ("row_gap", "row gap (training points)"),
+        )
+        if key in metrics
+    ]
+    return (
+        f"{run_dir}: {metrics['epochs']} epochs, {metrics['steps']} decoder steps; "
+        f"{metrics['train_seconds']:.1f} s in training steps "
+        f"({metrics['examples_per_second']:,.0f} examples/s), "
+        f"{metrics['seconds']:.1f} s wall time with validation and checkpoints\n"
+        f"  train ELBO {metrics['train_elbo']:.2f}; valid L[q*] {metrics['valid_elbo_refined']:.2f}, "
+        f"log p(x) {metrics['valid_log_px']:.2f}; " + ", ".join(gaps) + "\n"
+        f"next: vi-lab evaluate {run_dir}   (the gaps on held-out points: RUN/eval/)"
     )
 
 
