@@ -100,6 +100,16 @@ def _board(args: argparse.Namespace) -> None:
     print(f"written: {path} (`tensorboard --logdir {root}`, HParams tab)")
 
 
+def _runs(args: argparse.Namespace) -> None:
+    from vi_lab.runs.listing import format_runs, list_runs
+
+    rows = list_runs(args.root)
+    if not rows:
+        print(f"vi-lab runs: warning: no run folders (with config.yaml) below {args.root}", file=sys.stderr)
+        return
+    print(format_runs(rows))
+
+
 def _study(args: argparse.Namespace) -> None:
     from vi_lab.study.config import load_study_config
     from vi_lab.study.runner import (  # optuna here
@@ -341,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("root", metavar="ROOT")
     p.set_defaults(handler=_board)
+
+    p = _command(
+        commands,
+        "runs",
+        "list the run folders under a folder, one line each",
+        "Prints each run's inference kind, variational family, data, epochs done of planned, status "
+        "(finished; running: written to in the last 10 minutes; stopped), last validation log p(x) and "
+        "the evaluations it holds. It takes no key=value settings.",
+        "vi-lab runs runs",
+    )
+    p.add_argument("root", metavar="ROOT")
+    p.set_defaults(handler=_runs)
 
     p = _command(
         commands,
