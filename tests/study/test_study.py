@@ -153,6 +153,7 @@ def test_summary_shows_best_trial_table_and_importances(smoke_study, capsys: pyt
     rows = [line for line in text.splitlines() if line.startswith("| 000")]
     assert len(rows) == 3 and all("| complete |" in row for row in rows)
     assert "parameter importances for valid/log_px: " in text and "train.lr" in text.split("importances")[1]
+    assert "(a rough guide only: 3 complete trials for 3 parameters; importances settle with about 15" in text
     assert "optuna-dashboard 'sqlite:///" in text
 
 
