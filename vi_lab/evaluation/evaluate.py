@@ -26,9 +26,11 @@ from vi_lab.config import FamilyName, override
 from vi_lab.evaluation.figures import (
     bound_scatter,
     budget_curves,
+    evaluation_title,
     gap_curves,
     gap_histograms,
     posterior_panels,
+    training_title,
 )
 from vi_lab.evaluation.gaps import FAMILY_KEYS, eval_families, measure_gaps
 from vi_lab.runs.board import write_json
@@ -93,10 +95,11 @@ def evaluate_run(
                 writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
         metrics_file = run.run_dir / "metrics.json"
         history = json.loads(metrics_file.read_text())["history"] if metrics_file.is_file() else []
+        title = evaluation_title(run.run_dir.name, summary)
         figures = {
-            f"{config.split}_gaps": gap_histograms(points),
-            f"{config.split}_bounds": bound_scatter(points),
-            "gap_curves": gap_curves(history),
+            f"{config.split}_gaps": gap_histograms(points, title),
+            f"{config.split}_bounds": bound_scatter(points, title),
+            "gap_curves": gap_curves(history, training_title(run.run_dir.name, run.config.train)),
         }
         if run.model.decoder.latent_dim == 2:
             qs = (
@@ -110,7 +113,7 @@ def evaluate_run(
                     for name, f in zip(report.refined, families, strict=True)
                 }
             )
-            figures[f"{config.split}_posteriors"] = posterior_panels(run.model.decoder, x, qs)
+            figures[f"{config.split}_posteriors"] = posterior_panels(run.model.decoder, x, qs, title)
         for name, figure in figures.items():
             if figure is not None:
                 save_figure(figure, out / f"{name}.png", writer, f"eval/figures/{name}", run.step)
