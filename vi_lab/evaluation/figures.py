@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vi_lab.evaluation.gaps import standard_error
-from vi_lab.runs.figures import DPI, WIDTH, new_figure, outside_legend
+from vi_lab.runs.figures import DPI, TITLE_LINE, WIDTH, new_figure, outside_legend, wrap
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,7 +100,9 @@ def posterior_panels(
 
     columns = 1 + len(qs)
     side = WIDTH / columns  # square panels, the figure WIDTH wide
-    figure = Figure(figsize=(WIDTH, side * num_points + 0.4), dpi=DPI, layout="constrained")
+    title = wrap(title)
+    height = side * num_points + TITLE_LINE * (title.count("\n") + 1)
+    figure = Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
     figure.suptitle(title, fontsize=10)
     axes = figure.subplots(num_points, columns, squeeze=False)
     for i in range(num_points):

@@ -14,11 +14,14 @@ Legends go below the panels (`outside_legend`), never over the data.
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 if TYPE_CHECKING:
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
 
 DPI = 200
 WIDTH = 6.0  # inches: 1200 pixels at DPI
+TITLE_CHARS = 80  # characters of a 10-point title line across WIDTH
+TITLE_LINE = 0.3  # inches of figure height per title line
 
 
 def new_figure(title: str, num_panels: int = 1, panel_height: float = 2.8) -> Figure:
@@ -33,10 +38,17 @@ def new_figure(title: str, num_panels: int = 1, panel_height: float = 2.8) -> Fi
     with `num_panels` panels stacked, each WIDTH by `panel_height` inches."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(WIDTH, panel_height * num_panels + 0.4), dpi=DPI, layout="constrained")
+    title = wrap(title)
+    height = panel_height * num_panels + TITLE_LINE * (title.count("\n") + 1)
+    figure = Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
     figure.subplots(num_panels, 1, squeeze=False)
     figure.suptitle(title, fontsize=10)
     return figure
+
+
+def wrap(title: str) -> str:
+    """A title broken into lines that fit the figure's width (a long run name, say)."""
+    return textwrap.fill(title, TITLE_CHARS, break_long_words=False)
 
 
 def outside_legend(figure: Figure, **kwargs: object) -> None:
@@ -53,6 +65,31 @@ def outside_legend(figure: Figure, **kwargs: object) -> None:
         figure.legend(
             [handles[k] for k in labels], labels, loc="outside lower center", ncols=columns, **kwargs
         )
+
+
+def captioned_grid(grid: Tensor, title: str, row_labels: Sequence[str] = ()) -> Figure:
+    """An image grid (C, H, W) in [0, 1] (`board.image_grid`) under a title saying what it
+    shows, its rows labelled on the left, each pixel drawn as a sharp square."""
+    from matplotlib.figure import Figure
+
+    channels, height, width = grid.shape
+    image = grid.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy()  # (H, W, C)
+    margin = 1.6 if row_labels else 0.2  # inches left of the image for its row labels
+    image_width = WIDTH - margin
+    title = wrap(title)
+    lines = title.count("\n") + 1
+    figure = Figure(
+        figsize=(WIDTH, image_width * height / width + TITLE_LINE * lines), dpi=DPI, layout="constrained"
+    )
+    figure.suptitle(title, fontsize=10)
+    ax = figure.subplots()
+    ax.imshow(image[..., 0] if channels == 1 else image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([(i + 0.5) * height / len(row_labels) for i in range(len(row_labels))], row_labels)
+    ax.tick_params(length=0, labelsize=9)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return figure
 
 
 def save_figure(
