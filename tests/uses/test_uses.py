@@ -329,7 +329,9 @@ def test_embed_writes_the_projector(amortized_run) -> None:
     assert 'tensor_name: "uses/embedding:' in config
     run = load_run(amortized_run)
     step = json.loads((amortized_run / "metrics.json").read_text())["steps"]
-    folder = amortized_run / f"{step:05d}" / "uses%2fembedding"
+    folder = amortized_run / "uses" / "embedding"
+    assert not (amortized_run / f"{step:05d}").exists()  # beside the uses' outputs, not a stray folder
+    assert 'tensor_path: "uses/embedding/tensors.tsv"' in config
     vectors = np.loadtxt(folder / "tensors.tsv")
     with torch.no_grad():
         loc = run.model.family.center(run.model.posterior.infer(run.model.decoder, run.data.x["test"][:30]))
