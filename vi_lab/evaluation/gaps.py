@@ -247,7 +247,10 @@ def _measure_gaps(
         )
     inferred = map_points(lambda x: posterior.infer(decoder, x), x, size=config.batch_size)
     with torch.no_grad():
-        elbo_inferred = chunked_elbo(decoder, own, x, inferred, config.batch_size, ELBO_SAMPLES)
+        if elbo_amortized is not None and torch.equal(inferred, guess):  # an encoder's q, as it is
+            elbo_inferred = elbo_amortized  # the same q: one estimate, not two differing by noise
+        else:
+            elbo_inferred = chunked_elbo(decoder, own, x, inferred, config.batch_size, ELBO_SAMPLES)
     refined = {}
     for family in families:
         start = (
