@@ -16,9 +16,10 @@ are the metrics) is one record per log root: TensorBoard reads a single one, fro
 whichever run it meets first, so `write_experiment` keeps exactly one, built from the
 sessions of every run below the root. It is written into the first run's folder, in a file
 named to be read before the run's own: a file in the root would make the root a run of its
-own (".") in every tab. The hyperparameters that differ between runs come first (the
-table shows the first five), then the constant ones; the metric columns come in the order
-given (the table shows the first five).
+own (".") in every tab. The table ticks the first five hyperparameters and the first five
+metrics: the experiment holds only the hyperparameters that differ between runs (all of
+them when none does: one run, say), so that none of the five is a constant, and the metric
+columns come in the order given.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def read_sessions(root: str | Path) -> dict[Path, dict[str, HParamValue]]:
 
 def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path | None:
     """Write ROOT's one HParams experiment: the hyperparameters of the runs below ROOT (their
-    union, each with its domain and whether it differs between runs; those that differ
-    first) and `metric_tags` as the metric columns, in that order. It goes into the first
+    union, each with its domain; only those that differ between runs, where any does) and
+    `metric_tags` as the metric columns, in that order. It goes into the first
     run's folder; None (nothing written) when no run is below ROOT. Earlier experiment
     records of vi_lab below ROOT are removed, since TensorBoard would read only one."""
     root = Path(root)
@@ -132,9 +133,9 @@ def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path | Non
     for params in sessions.values():
         for name, value in params.items():
             values.setdefault(name, []).append(value)
-    infos = sorted(
-        (_hparam_info(name, v) for name, v in values.items()), key=lambda i: (not i.differs, i.name)
-    )
+    infos = sorted((_hparam_info(name, v) for name, v in values.items()), key=lambda i: i.name)
+    if any(info.differs for info in infos):  # else one run, or runs alike: keep every setting
+        infos = [info for info in infos if info.differs]
     experiment = api_pb2.Experiment(
         time_created_secs=time.time(),
         hparam_infos=infos,
