@@ -44,10 +44,9 @@ def evaluation_title(run_name: str, summary: dict[str, Any]) -> str:
 
 def training_title(run_name: str, train: Any) -> str:
     """What the gaps-over-training figure shows (`train` is the run's TrainConfig)."""
-    return (
-        f"{run_name}: during training, validation on {train.valid_num_points} points "
-        f"(IWAE-{train.valid_num_samples}), row gap on {train.gaps_num_points} training points"
-    )
+    title = f"{run_name}: during training, validation on {train.valid_num_points} points"
+    title += f" (IWAE-{train.valid_num_samples})"
+    return title + (f", row gap on {train.gaps_num_points} training points" if train.gaps_every else "")
 
 
 def gap_histograms(points: dict[str, np.ndarray], title: str) -> Figure:
@@ -68,7 +67,7 @@ def gap_histograms(points: dict[str, np.ndarray], title: str) -> Figure:
             titles.append(f"{family} {values.mean():.2f} ± {standard_error(values):.2f}".strip())
         ax.set(xlabel=f"{GAP_LABELS[key]} (nats)", ylabel="points")
         ax.set_title("mean (dashed) " + "; ".join(titles), fontsize=9)
-    outside_legend(figure, title="variational family", fontsize=8)
+    outside_legend(figure, title="variational family", fontsize=9)
     return figure
 
 
@@ -128,13 +127,13 @@ def bound_scatter(points: dict[str, np.ndarray], title: str) -> Figure | None:
     if "elbo_amortized" not in points:
         return None
     encoder, refined = points["elbo_amortized"], points["elbo_refined"]
-    figure = new_figure(title, panel_height=4.0)
+    figure = new_figure(title, panel_height=3.2)
     ax = figure.axes[0]
     ax.scatter(encoder, refined, s=8, alpha=0.6, label="a point")
     low, high = min(encoder.min(), refined.min()), max(encoder.max(), refined.max())
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="L[q*] = L[q] (no amortization gap)")
     ax.set(xlabel="L[q] (encoder), nats", ylabel="L[q*] (refined), nats")
-    outside_legend(figure, fontsize=8)
+    outside_legend(figure, fontsize=9)
     return figure
 
 
@@ -154,7 +153,7 @@ def gap_curves(history: list[dict[str, Any]], title: str) -> Figure | None:
     if not drawn:
         return None
     ax.set(xlabel="decoder steps", ylabel="nats per point")
-    outside_legend(figure, fontsize=8)
+    outside_legend(figure, fontsize=9)
     return figure
 
 
@@ -187,5 +186,5 @@ def budget_curves(histories: list[list[dict[str, Any]]], names: list[str]) -> Fi
                 markersize=7,
             )
         ax.set(xlabel=label, ylabel="nats per valid. point")
-    outside_legend(figure, fontsize=8)
+    outside_legend(figure, fontsize=9)
     return figure

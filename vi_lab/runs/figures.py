@@ -6,9 +6,10 @@ One rendering serves both outputs: the canvas's pixels go to the PNG (Pillow) an
 TensorBoard's Images tab. matplotlib is imported when a figure is drawn, not with this
 module, so commands that draw none (`vi-lab train`) start without it.
 
-Sizes are chosen for reading: a figure is 6 inches wide at 200 dpi (1200 pixels), so its
-10-point text stays legible when TensorBoard shrinks it to a card, and several panels are
-stacked one above the other, each the full width, rather than squeezed side by side.
+Sizes are chosen for reading: a figure is 4 inches wide at 300 dpi (1200 pixels), so its
+10-point text (42 pixels) stays legible when TensorBoard's Images tab shrinks it to a card
+about 330 pixels wide, and several panels are stacked one above the other, each the full
+width, rather than squeezed side by side.
 Legends go below the panels (`outside_legend`), never over the data.
 """
 
@@ -27,13 +28,13 @@ from torch.utils.tensorboard import SummaryWriter
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DPI = 200
-WIDTH = 6.0  # inches: 1200 pixels at DPI
-TITLE_CHARS = 80  # characters of a 10-point title line across WIDTH
+DPI = 300
+WIDTH = 4.0  # inches: 1200 pixels at DPI
+TITLE_CHARS = 52  # characters of a 10-point title line across WIDTH
 TITLE_LINE = 0.3  # inches of figure height per title line
 
 
-def new_figure(title: str, num_panels: int = 1, panel_height: float = 2.8) -> Figure:
+def new_figure(title: str, num_panels: int = 1, panel_height: float = 2.4) -> Figure:
     """A figure titled `title` (say what run, split, points, estimator and family it shows),
     with `num_panels` panels stacked, each WIDTH by `panel_height` inches."""
     from matplotlib.figure import Figure
@@ -74,7 +75,7 @@ def captioned_grid(grid: Tensor, title: str, row_labels: Sequence[str] = ()) -> 
 
     channels, height, width = grid.shape
     image = grid.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy()  # (H, W, C)
-    margin = 1.6 if row_labels else 0.2  # inches left of the image for its row labels
+    margin = 1.1 if row_labels else 0.1  # inches left of the image for its row labels
     image_width = WIDTH - margin
     title = wrap(title)
     lines = title.count("\n") + 1
