@@ -18,6 +18,9 @@ is refined to convergence from the posterior's guess with the decoder frozen
 as their wall time (seconds inside training steps since the run began), so TensorBoard's
 "relative" axis compares runs at equal training time.
 
+Every epoch and every validation prints one line (epoch, step, train ELBO or valid
+log p(x), seconds), and the bar is labelled with the phase that holds it (`progress.py`).
+
 The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and on
 Ctrl-C or SIGTERM; the one before it as checkpoint.prev.pt) and metrics.json. A non-finite
 loss or validation ELBO stops the run before any checkpoint is written, so the last good
