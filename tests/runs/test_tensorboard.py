@@ -23,6 +23,7 @@ from PIL import Image
 from vi_lab.cli import main
 from vi_lab.config import load_config
 from vi_lab.evaluation.evaluate import evaluate_run
+from vi_lab.evaluation.figures import evaluation_title
 from vi_lab.runs.board import EXPERIMENT_FILE
 from vi_lab.train import train
 
@@ -202,6 +203,9 @@ def test_evaluate_writes_figures_as_png(log_root: Path) -> None:
     out = log_root / "amortized" / "eval"
     for name in ("test_gaps", "test_bounds", "gap_curves"):
         _readable(out / f"{name}.png").close()
+    gaps = json.loads((out / "gaps.json").read_text())  # what the evaluation figures say above them
+    title = "amortized: test split, N = 20 points, log p(x) by IWAE-50, q: diagonal"
+    assert evaluation_title("amortized", gaps) == title
 
 
 def test_compare_draws_budget_curves(log_root: Path, capsys: pytest.CaptureFixture) -> None:
