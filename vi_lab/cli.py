@@ -44,11 +44,28 @@ def _train(args: argparse.Namespace) -> None:
     metrics = train(config, run_dir, resume=bool(args.resume))
     if not distributed.is_main():
         return
-    print(
-        f"{run_dir}: train ELBO {metrics['train_elbo']:.2f}; "
-        f"valid L[q*] {metrics['valid_elbo_refined']:.2f}, "
-        f"log p(x) {metrics['valid_log_px']:.2f}; {metrics['epochs']} epochs in {metrics['seconds']:.1f} s, "
-        f"{metrics['examples_per_second']:.0f} examples/s"
+    print(train_summary(run_dir, metrics))
+
+
+def train_summary(run_dir: Path, metrics: dict) -> str:
+    """The end of `vi-lab train`: the run's clocks told apart, its last validation and what next."""
+    gaps = [
+        f"{label} {metrics[key]:.2f}"
+        for key, label in (
+            ("valid_approximation_gap", "approximation gap"),
+            ("valid_amortization_gap", "amortization gap"),
+            ("row_gap", "row gap (training points)"),
+        )
+        if key in metrics
+    ]
+    return (
+        f"{run_dir}: {metrics['epochs']} epochs, {metrics['steps']} decoder steps; "
+        f"{metrics['train_seconds']:.1f} s in training steps "
+        f"({metrics['examples_per_second']:,.0f} examples/s), "
+        f"{metrics['seconds']:.1f} s wall time with validation and checkpoints\n"
+        f"  train ELBO {metrics['train_elbo']:.2f}; valid L[q*] {metrics['valid_elbo_refined']:.2f}, "
+        f"log p(x) {metrics['valid_log_px']:.2f}; " + ", ".join(gaps) + "\n"
+        f"next: vi-lab evaluate {run_dir}   (the gaps on held-out points: RUN/eval/)"
     )
 
 
@@ -76,7 +93,21 @@ def _board(args: argparse.Namespace) -> None:
     root = Path(args.root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    print(f"written: {write_experiment_summary(root)} (`tensorboard --logdir {root}`, HParams tab)")
+    path = write_experiment_summary(root)
+    if path is None:
+        print(f"vi-lab board: warning: no runs below {root}: no HParams experiment written", file=sys.stderr)
+        return
+    print(f"written: {path} (`tensorboard --logdir {root}`, HParams tab)")
+
+
+def _runs(args: argparse.Namespace) -> None:
+    from vi_lab.runs.listing import format_runs, list_runs
+
+    rows = list_runs(args.root)
+    if not rows:
+        print(f"vi-lab runs: warning: no run folders (with config.yaml) below {args.root}", file=sys.stderr)
+        return
+    print(format_runs(rows))
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -320,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("root", metavar="ROOT")
     p.set_defaults(handler=_board)
+
+    p = _command(
+        commands,
+        "runs",
+        "list the run folders under a folder, one line each",
+        "Prints each run's inference kind, variational family, data, epochs done of planned, status "
+        "(finished; running: written to in the last 10 minutes; stopped), last validation log p(x) and "
+        "the evaluations it holds. It takes no key=value settings.",
+        "vi-lab runs runs",
+    )
+    p.add_argument("root", metavar="ROOT")
+    p.set_defaults(handler=_runs)
 
     p = _command(
         commands,

@@ -19,6 +19,9 @@ is refined to convergence from the posterior's guess with the decoder frozen
 as their wall time (seconds inside training steps since the run began), so TensorBoard's
 "relative" axis compares runs at equal training time.
 
+Every epoch and every validation prints one line (epoch, step, train ELBO or valid
+log p(x), seconds), and the bar is labelled with the phase that holds it (`progress.py`).
+
 The run folder holds config.yaml, TensorBoard events, checkpoint.pt (every epoch, and on
 Ctrl-C or SIGTERM; the one before it as checkpoint.prev.pt) and metrics.json. A non-finite
 loss or validation ELBO stops the run before any checkpoint is written, so the last good
@@ -63,7 +66,7 @@ from vi_lab.evaluation.validation import (
     validation_images,
 )
 from vi_lab.models.model import LatentVariableModel, build_model
-from vi_lab.progress import progress_bar
+from vi_lab.progress import phase, progress_bar
 from vi_lab.runs import resume as resuming
 from vi_lab.runs.board import NullWriter, end_session, start_session, write_json
 from vi_lab.runs.checkpoint import FILENAME, save_run_state
@@ -169,7 +172,7 @@ def train(
     else:  # on resume, drop the events logged after the checkpoint (a run killed mid-epoch logged them)
         writer = SummaryWriter(str(run_dir), purge_step=position.step + 1 if resume else None)
     if not resume and distributed.is_main():
-        start_session(writer, hparams or flatten(to_dict(config)))
+        start_session(writer, hparams or flatten(to_dict(config)), run_dir.name)
         writer.add_text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```")
     network = distributed.wrap(model, model.table_keys)
     run = _Run(config, run_dir, data, model, optimizer, writer, position, history, window, network)
@@ -232,7 +235,7 @@ def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
             while run.position.epoch < run.config.train.epochs:
                 epoch_started = time.perf_counter()
                 _train_epoch(run, bar, steps_per_epoch, check_stop)
-                metrics = _end_epoch(run, epoch_started)
+                metrics = _end_epoch(run, bar, epoch_started)
                 if on_epoch is not None:
                     on_epoch(run.position.epoch, metrics)
     except KeyboardInterrupt as stop:
@@ -307,18 +310,29 @@ def _flush(run: _Run) -> dict[str, float]:
         ) from None
 
 
-def _end_epoch(run: _Run, epoch_started: float) -> dict[str, Any]:
-    config, position = run.config, run.position
+def _end_epoch(run: _Run, bar: tqdm, epoch_started: float) -> dict[str, Any]:
+    config, position, train = run.config, run.position, run.config.train
     epoch = position.epoch + 1
     entry: dict[str, Any] = {"epoch": epoch, "step": position.step, "train_seconds": position.step_seconds}
     entry.update({f"train_{name}": value for name, value in run.window.epoch_means().items()})
+    at = f"{run.run_dir.name} epoch {epoch}/{train.epochs} step {position.step}"
+    _say(bar, f"{at}: train ELBO {entry.get('train_elbo', float('nan')):.2f} ({_since(epoch_started)})")
     run.model.eval()
     with torch.random.fork_rng():  # measurements draw their own numbers: training's stream is untouched
         torch.manual_seed(config.seed + epoch)
-        if epoch % config.train.valid_every == 0 or epoch == config.train.epochs:
-            entry.update(_validate(run))
-        if config.train.gaps_every and epoch % config.train.gaps_every == 0:
-            entry.update(_row_gap(run))
+        if epoch % train.valid_every == 0 or epoch == train.epochs:
+            started = time.perf_counter()
+            num_points = min(train.valid_num_points, run.data.x["valid"].shape[0])
+            with phase(bar, f"validating {num_points} points"):
+                entry.update(_validate(run))
+            _say(
+                bar,
+                f"{at}: valid log p(x) {entry['valid_log_px']:.2f}, L[q*] "
+                f"{entry['valid_elbo_refined']:.2f} on {num_points} points ({_since(started)})",
+            )
+        if train.gaps_every and epoch % train.gaps_every == 0:
+            with phase(bar, f"row gap on {min(train.gaps_num_points, run.data.num_train)} training points"):
+                entry.update(_row_gap(run))
     run.model.train()
 
     with signals_deferred():  # the epoch is done in full or not at all, on disk as in memory
@@ -331,6 +345,16 @@ def _end_epoch(run: _Run, epoch_started: float) -> dict[str, Any]:
         if distributed.is_main():
             write_json(metrics, run.run_dir / "metrics.json")
     return metrics
+
+
+def _say(bar: tqdm, line: str) -> None:
+    """A line of the run's log (`progress`: above the bar on a terminal); rank 0 only."""
+    if distributed.is_main():
+        bar.write(line)
+
+
+def _since(started: float) -> str:
+    return f"{time.perf_counter() - started:.1f} s"
 
 
 def _validate(run: _Run) -> dict[str, float]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 import torch
 
@@ -130,3 +133,20 @@ def test_runs_on_every_device_present(device: str) -> None:
         decoder, DIAGONAL, x, best_q(decoder, x), num_steps=200, memory_budget_mb=0.05
     )
     assert estimate.device == x.device and (estimate - exact).mean().abs() < 0.05
+
+
+def test_cost_is_reported_before_the_work_and_close_to_it() -> None:
+    decoder = correlated_decoder()
+    x = data(decoder, 200)
+    lines = []
+    started = time.perf_counter()
+    ais_log_marginal(decoder, DIAGONAL, x, prior(x), num_steps=100, num_chains=8, report=lines.append)
+    seconds = time.perf_counter() - started
+    (line,) = lines
+    passes = 1 + 99 * 10  # one evaluation at the start, then 10 leapfrog steps for each of beta_1..beta_99
+    assert re.match(
+        rf"AIS: 200 points x 8 chains, 100 steps of 10 leapfrog steps: {passes:,} gradient passes", line
+    )
+    estimate = float(re.search(r"about ([\d.]+) s", line).group(1))
+    # the right order of magnitude, on a CPU that other jobs may share
+    assert seconds / 10 <= estimate <= seconds * 10, (line, seconds)

@@ -125,7 +125,7 @@ def test_semi_amortized_run_reports_the_gap_its_steps_leave(linear_runs):
     standard errors over 100 points; the reported L[q_K] is that closed-form value (within the
     Monte Carlo error of a 100-sample ELBO, as L[q*] in the test above), and so is L[q*].
     Negative control: on the amortized run `infer` is the encoder, and the reported L[q] and
-    L[q_inferred] agree."""
+    L[q_inferred] are the same number."""
     for kind in ("semi_amortized", "amortized"):
         run = load_run(linear_runs[kind])
         decoder, posterior, family = run.model.decoder, run.model.posterior, run.model.family
@@ -142,7 +142,7 @@ def test_semi_amortized_run_reports_the_gap_its_steps_leave(linear_runs):
         assert s["elbo_refined"] == pytest.approx(best.mean().item(), abs=0.05)
         if kind == "amortized":
             assert torch.equal(encoder, steps)
-            assert abs(s["elbo_inferred"] - s["elbo_amortized"]) < 0.05
+            assert s["elbo_inferred"] == s["elbo_amortized"]  # the same q: one estimate, not two
             continue
         for low, high in ((encoder, steps), (steps, best)):
             diff = high - low

@@ -51,6 +51,14 @@ def tile(pixels: np.ndarray, row: int, col: int, side: int = 28) -> np.ndarray:
     return pixels[top : top + side, left : left + side]
 
 
+def pixels_of(png: Path) -> np.ndarray:
+    """The exact grid beside a captioned figure (RUN/uses/{name}_pixels.png); the figure itself
+    is checked to be one to read: about 1200 pixels wide, at no less than 150 dpi."""
+    with Image.open(png) as image:
+        assert image.width >= 1200 and min(image.info["dpi"]) >= 150
+    return decode_png(png.with_name(f"{png.stem}_pixels.png").read_bytes())
+
+
 def events(run_dir: Path) -> EventAccumulator:
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
@@ -114,10 +122,10 @@ def test_interpolate_ends_and_middle() -> None:
 
 def test_sample_writes_pngs_and_tensorboard(amortized_run) -> None:
     paths = sample_run(amortized_run, ["num=9", "num_pairs=2", "num_steps=4"])
-    samples = decode_png(paths["samples"].read_bytes())
+    samples = pixels_of(paths["samples"])
     assert samples.shape == grid_size(3, 3)
     assert samples.std() > 0  # decoded images, not a blank canvas
-    lerp = decode_png(paths["interpolation"].read_bytes())
+    lerp = pixels_of(paths["interpolation"])
     assert lerp.shape == grid_size(2, 4 + 2)
     x = load_run(amortized_run).data.x["test"][:4].view(4, 28, 28).numpy()
     for pair in range(2):  # each row is [image 2i, decoded steps, image 2i + 1]
@@ -299,7 +307,7 @@ def test_impute_beats_the_mean_on_the_linear_gaussian_model(lg_run) -> None:
 def test_impute_picture(amortized_run) -> None:
     summary = impute_run(amortized_run, "random:0.5", ["num_points=20", "num_images=5", "max_steps=20"])
     assert 0 < summary["mse_imputed"] < 1  # (the smoke model is too weak to beat the mean image)
-    pixels = decode_png(Path(summary["png"]).read_bytes())
+    pixels = pixels_of(Path(summary["png"]))
     assert pixels.shape == grid_size(3, 5)  # rows: observed, imputed, truth
     x = load_run(amortized_run).data.x["test"][:5].view(5, 28, 28).numpy()
     for col in range(5):
@@ -321,7 +329,9 @@ def test_embed_writes_the_projector(amortized_run) -> None:
     assert 'tensor_name: "uses/embedding:' in config
     run = load_run(amortized_run)
     step = json.loads((amortized_run / "metrics.json").read_text())["steps"]
-    folder = amortized_run / f"{step:05d}" / "uses%2fembedding"
+    folder = amortized_run / "uses" / "embedding"
+    assert not (amortized_run / f"{step:05d}").exists()  # beside the uses' outputs, not a stray folder
+    assert 'tensor_path: "uses/embedding/tensors.tsv"' in config
     vectors = np.loadtxt(folder / "tensors.tsv")
     with torch.no_grad():
         loc = run.model.family.center(run.model.posterior.infer(run.model.decoder, run.data.x["test"][:30]))
@@ -341,7 +351,7 @@ def test_embed_writes_the_projector(amortized_run) -> None:
 def test_cli_commands(amortized_run, lg_run, capsys) -> None:
     run = str(amortized_run)
     assert main(["sample", run, "num_pairs=1", "--num", "4"]) == 0
-    assert decode_png((amortized_run / "uses" / "samples.png").read_bytes()).shape == grid_size(2, 2)
+    assert pixels_of(amortized_run / "uses" / "samples.png").shape == grid_size(2, 2)
     assert main(["anomaly", run, *FAST, "--ood", "noise", "--ood", "flip"]) == 0
     assert set(json.loads((amortized_run / "uses" / "anomaly.json").read_text())["sets"]) == {"noise", "flip"}
     assert main(["impute", str(lg_run), "num_points=20", "--mask", "bottom"]) == 0

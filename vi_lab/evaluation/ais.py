@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -32,6 +34,26 @@ from vi_lab.inference.families import Family
 from vi_lab.inference.objectives import Decoder
 
 SCHEDULES = ("sigmoid", "geometric", "linear")
+
+
+def seconds_per_pass(decoder: Decoder, family: Family, x: Tensor, params: Tensor, num_chains: int) -> float:
+    """Seconds of one evaluation of w and its gradient for `num_chains` chains on the points x:
+    the unit of AIS's work (the faster of two timings, the first paying for warm-up)."""
+    u = torch.randn((num_chains, x.shape[0], family.latent_dim), dtype=x.dtype, device=x.device)
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        _evaluate(decoder, family, x, params, u)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def annealing_schedule(num_steps: int, schedule: str = "sigmoid") -> list[float]:
@@ -144,11 +166,13 @@ def ais_log_marginal(
     target_acceptance: float = 0.65,
     memory_budget_mb: float = 512.0,
     schedule: str = "sigmoid",
+    report: Callable[[str], None] | None = None,
 ) -> Tensor:
     """Per-point AIS estimate of log p(x) starting from the q's of params (B, P), (B,).
 
     Points are chunked so that num_chains * b * `bytes_per_pair(keep_graph=True)` fits the
-    budget (at least one point per chunk); chains are never split.
+    budget (at least one point per chunk); chains are never split. `report`, where given,
+    receives one line with the cost before the work starts (`estimate_seconds`).
     """
     for name, value in (("num_steps", num_steps), ("num_leapfrog", num_leapfrog), ("num_chains", num_chains)):
         if value < 1:
@@ -162,6 +186,16 @@ def ais_log_marginal(
     pair = num_chains * bytes_per_pair(decoder, x, keep_graph=True)
     point_chunk = max(1, int(memory_budget_mb * 2**20) // pair)
     settings = (betas, num_leapfrog, num_chains, step_size, target_acceptance)
+    if report is not None:
+        passes = math.ceil(x.shape[0] / point_chunk) * (1 + (len(betas) - 2) * num_leapfrog)
+        seconds = passes * seconds_per_pass(
+            decoder, family, x[:point_chunk], params[:point_chunk], num_chains
+        )
+        report(
+            f"AIS: {x.shape[0]} points x {num_chains} chains, {num_steps} steps of {num_leapfrog} "
+            f"leapfrog steps: {passes:,} gradient passes over chunks of {min(point_chunk, x.shape[0])} "
+            f"points, about {_duration(seconds)} (from one timed pass)"
+        )
     return map_points(
         lambda x, params: _ais_chunk(decoder, family, x, params.detach(), *settings),
         x,

@@ -4,8 +4,9 @@
 family and those of `eval.families`, and writes RUN/eval/: gaps.json (means, standard
 errors, steps and seconds; `families` holds each family's), points.npz (per-point values,
 other families' as `key.family`), the figures of `figures.py` as PNG, and into the run's
-TensorBoard: scalars `eval/{split}/...` and `eval/{split}/{family}/...` (metric columns of
-the HParams tab), histograms of the per-point gaps and the figures. `compare_runs` puts
+TensorBoard, at the run's last step: scalars `eval/{split}/...` and
+`eval/{split}/{family}/...` (metric columns of the HParams tab), the table as text
+`eval/{split}`, histograms of the per-point gaps and the figures. `compare_runs` puts
 several evaluated runs side by side as markdown tables (with Cremer et al.'s table of the
 families where more than one was refined), and can draw their budget curves.
 """
@@ -27,9 +28,11 @@ from vi_lab.evaluation.figures import (
     bound_scatter,
     budget_curves,
     diagnostics_bars,
+    evaluation_title,
     gap_curves,
     gap_histograms,
     posterior_panels,
+    training_title,
 )
 from vi_lab.evaluation.gaps import FAMILY_KEYS, eval_families, measure_gaps
 from vi_lab.runs.board import write_json
@@ -97,15 +100,18 @@ def evaluate_run(
                     writer.add_scalar(f"eval/{config.split}/{name}/{key}", entry[key], run.step)
         for key, value in diagnosing.scalars(diagnostics).items():
             writer.add_scalar(f"eval/{config.split}/diagnostics/{key}", value, run.step)
+        # the table as text too: a single evaluated point is easy to miss in a chart
+        writer.add_text(f"eval/{config.split}", format_table([summary], [run.run_dir.name]), run.step)
         for key in ("amortization_gap", "approximation_gap"):
             if key in points:
                 writer.add_histogram(f"eval/{config.split}/{key}_per_point", points[key], run.step)
         metrics_file = run.run_dir / "metrics.json"
         history = json.loads(metrics_file.read_text())["history"] if metrics_file.is_file() else []
+        title = evaluation_title(run.run_dir.name, summary)
         figures = {
-            f"{config.split}_gaps": gap_histograms(points),
-            f"{config.split}_bounds": bound_scatter(points),
-            "gap_curves": gap_curves(history),
+            f"{config.split}_gaps": gap_histograms(points, title),
+            f"{config.split}_bounds": bound_scatter(points, title),
+            "gap_curves": gap_curves(history, training_title(run.run_dir.name, run.config.train)),
             f"{config.split}_diagnostics": diagnostics_bars(summary),
         }
         if run.model.decoder.latent_dim == 2:
@@ -120,7 +126,7 @@ def evaluate_run(
                     for name, f in zip(report.refined, families, strict=True)
                 }
             )
-            figures[f"{config.split}_posteriors"] = posterior_panels(run.model.decoder, x, qs)
+            figures[f"{config.split}_posteriors"] = posterior_panels(run.model.decoder, x, qs, title)
         for name, figure in figures.items():
             if figure is not None:
                 save_figure(figure, out / f"{name}.png", writer, f"eval/figures/{name}", run.step)

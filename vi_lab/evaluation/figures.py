@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vi_lab.evaluation.gaps import standard_error
-from vi_lab.runs.figures import new_figure
+from vi_lab.runs.figures import DPI, TITLE_LINE, WIDTH, new_figure, outside_legend, wrap
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,11 +33,27 @@ CURVES = [
 ]
 
 
-def gap_histograms(points: dict[str, np.ndarray]) -> Figure:
+def evaluation_title(run_name: str, summary: dict[str, Any]) -> str:
+    """What an evaluation figure shows: run, split, points, log p(x) estimator and q's family."""
+    families = ", ".join(summary.get("families", {})) or summary["family"]
+    return (
+        f"{run_name}: {summary['split']} split, N = {summary['num_points']} points, "
+        f"log p(x) by {summary['estimator'].upper()}-{summary['num_samples']}, q: {families}"
+    )
+
+
+def training_title(run_name: str, train: Any) -> str:
+    """What the gaps-over-training figure shows (`train` is the run's TrainConfig)."""
+    title = f"{run_name}: during training, validation on {train.valid_num_points} points"
+    title += f" (IWAE-{train.valid_num_samples})"
+    return title + (f", row gap on {train.gaps_num_points} training points" if train.gaps_every else "")
+
+
+def gap_histograms(points: dict[str, np.ndarray], title: str) -> Figure:
     """One panel per gap present (the amortization gap needs an encoder), nats per point: a
     histogram per variational family refined (`key.family` in points), the mean dashed."""
     keys = [key for key in GAP_LABELS if key in points]
-    figure = new_figure(len(keys))
+    figure = new_figure(title, len(keys))
     for ax, key in zip(figure.axes, keys, strict=True):
         families = {k.split(".", 1)[1]: v for k, v in points.items() if k.startswith(f"{key}.")} or {
             "": points[key]
@@ -50,13 +66,14 @@ def gap_histograms(points: dict[str, np.ndarray]) -> Figure:
             ax.axvline(values.mean(), color=color, linestyle="--", linewidth=1)
             titles.append(f"{family} {values.mean():.2f} ± {standard_error(values):.2f}".strip())
         ax.set(xlabel=f"{GAP_LABELS[key]} (nats)", ylabel="points")
-        ax.set_title("mean " + "; ".join(titles), fontsize=9)
-        if len(families) > 1:
-            ax.legend(fontsize=8)
+        ax.set_title("mean (dashed) " + "; ".join(titles), fontsize=9)
+    outside_legend(figure, title="variational family", fontsize=9)
     return figure
 
 
-def posterior_panels(decoder: Any, x: Any, qs: dict[str, tuple[Any, Any]], num_points: int = 3) -> Figure:
+def posterior_panels(
+    decoder: Any, x: Any, qs: dict[str, tuple[Any, Any]], title: str, num_points: int = 3
+) -> Figure:
     """For the first points of a 2-D latent model, one row each: the exact posterior
     p(z | x) ∝ p(x | z) p(z) on its quadrature window, then each q of `qs` ({label: (family,
     params)}) as a histogram of its samples on the same window (Cremer et al. 2018, Fig. 2)."""
@@ -81,7 +98,11 @@ def posterior_panels(decoder: Any, x: Any, qs: dict[str, tuple[Any, Any]], num_p
     from matplotlib.figure import Figure
 
     columns = 1 + len(qs)
-    figure = Figure(figsize=(2.6 * columns, 2.4 * num_points), dpi=100, layout="constrained")
+    side = WIDTH / columns  # square panels, the figure WIDTH wide
+    title = wrap(title)
+    height = side * num_points + TITLE_LINE * (title.count("\n") + 1)
+    figure = Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
+    figure.suptitle(title, fontsize=10)
     axes = figure.subplots(num_points, columns, squeeze=False)
     for i in range(num_points):
         extent = (float(lower[i, 0]), float(upper[i, 0]), float(lower[i, 1]), float(upper[i, 1]))
@@ -101,24 +122,24 @@ def posterior_panels(decoder: Any, x: Any, qs: dict[str, tuple[Any, Any]], num_p
     return figure
 
 
-def bound_scatter(points: dict[str, np.ndarray]) -> Figure | None:
+def bound_scatter(points: dict[str, np.ndarray], title: str) -> Figure | None:
     """L[q] (encoder) against L[q*] (refined) per point, with the diagonal; None without an encoder."""
     if "elbo_amortized" not in points:
         return None
     encoder, refined = points["elbo_amortized"], points["elbo_refined"]
-    figure = new_figure(panel_size=(4.0, 4.0))
+    figure = new_figure(title, panel_height=3.2)
     ax = figure.axes[0]
-    ax.scatter(encoder, refined, s=6, alpha=0.6)
+    ax.scatter(encoder, refined, s=8, alpha=0.6, label="a point")
     low, high = min(encoder.min(), refined.min()), max(encoder.max(), refined.max())
-    ax.plot([low, high], [low, high], color="black", linewidth=1, label="L[q*] = L[q]")
-    ax.set(xlabel="L[q] (encoder)", ylabel="L[q*] (refined)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.plot([low, high], [low, high], color="black", linewidth=1, label="L[q*] = L[q] (no amortization gap)")
+    ax.set(xlabel="L[q] (encoder), nats", ylabel="L[q*] (refined), nats")
+    outside_legend(figure, fontsize=9)
     return figure
 
 
-def gap_curves(history: list[dict[str, Any]]) -> Figure | None:
+def gap_curves(history: list[dict[str, Any]], title: str) -> Figure | None:
     """The gaps measured during training against decoder steps (± standard error where logged)."""
-    figure = new_figure()
+    figure = new_figure(title)
     ax = figure.axes[0]
     drawn = False
     for key, label in CURVES:
@@ -127,19 +148,20 @@ def gap_curves(history: list[dict[str, Any]]) -> Figure | None:
             continue
         steps = [e["step"] for e in entries]
         errors = [e.get(f"{key}_se", 0.0) for e in entries]
-        ax.errorbar(steps, [e[key] for e in entries], yerr=errors, marker="o", markersize=3, label=label)
+        ax.errorbar(steps, [e[key] for e in entries], yerr=errors, marker="o", markersize=5, label=label)
         drawn = True
     if not drawn:
         return None
     ax.set(xlabel="decoder steps", ylabel="nats per point")
-    ax.legend(fontsize=8)
+    outside_legend(figure, fontsize=9)
     return figure
 
 
 def budget_curves(histories: list[list[dict[str, Any]]], names: list[str]) -> Figure:
-    """Validation log p(x) (solid) and L[q*] (dashed) of each run against decoder steps and
-    against training seconds: equal budgets are vertical lines through both panels."""
-    figure = new_figure(2)
+    """Validation log p(x) (solid, dots) and L[q*] (dashed, crosses) of each run against
+    decoder steps and against training seconds: equal budgets are vertical lines through a
+    panel. A run validated once is its markers alone."""
+    figure = new_figure("validation log p(x) (solid, ●) and L[q*] (dashed, ×) at equal budgets", 2)
     for ax, clock, label in zip(
         figure.axes, ("step", "train_seconds"), ("decoder steps", "training seconds"), strict=True
     ):
@@ -152,15 +174,19 @@ def budget_curves(histories: list[list[dict[str, Any]]], names: list[str]) -> Fi
                 [e["valid_log_px"] for e in entries],
                 color=color,
                 marker="o",
-                markersize=3,
+                markersize=6,
                 label=name,
             )
             ax.plot(
-                clocks, [e["valid_elbo_refined"] for e in entries], color=color, linestyle="--", marker="x"
+                clocks,
+                [e["valid_elbo_refined"] for e in entries],
+                color=color,
+                linestyle="--",
+                marker="x",
+                markersize=7,
             )
-        ax.set(xlabel=label, ylabel="nats per validation point")
-        ax.set_title("log p(x) (solid), L[q*] (dashed)", fontsize=10)
-    figure.axes[0].legend(fontsize=8)
+        ax.set(xlabel=label, ylabel="nats per valid. point")
+    outside_legend(figure, fontsize=9)
     return figure
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from vi_lab import distributed
 from vi_lab.chunking import map_points, memory_budget_mb
@@ -248,7 +249,10 @@ def _measure_gaps(
         )
     inferred = map_points(lambda x: posterior.infer(decoder, x), x, size=config.batch_size)
     with torch.no_grad():
-        elbo_inferred = chunked_elbo(decoder, own, x, inferred, config.batch_size, ELBO_SAMPLES)
+        if elbo_amortized is not None and torch.equal(inferred, guess):  # an encoder's q, as it is
+            elbo_inferred = elbo_amortized  # the same q: one estimate, not two differing by noise
+        else:
+            elbo_inferred = chunked_elbo(decoder, own, x, inferred, config.batch_size, ELBO_SAMPLES)
     refined = {}
     for family in families:
         start = (
@@ -263,7 +267,7 @@ def _measure_gaps(
             chosen = proposal == index
             if bool(chosen.any()):
                 log_px[chosen] = _log_marginal(
-                    decoder, family, x[chosen], r.params[chosen], config, num_samples, budget
+                    decoder, family, x[chosen], r.params[chosen], config, num_samples, budget, progress
                 )
         exact = exact_log_marginal(decoder, x, quadrature=config.quadrature)
         exact, exact_error = (None, None) if exact is None else exact
@@ -318,8 +322,10 @@ def _log_marginal(
     config: EvalConfig,
     num_samples: int,
     budget: float,
+    progress: bool = False,
 ) -> Tensor:
-    """log p^(x) by the configured estimator with proposal q (params)."""
+    """log p^(x) by the configured estimator with proposal q (params); with `progress`, AIS
+    says what it will cost before it starts."""
     if config.estimator == Estimator.ais:
         ais = config.ais
         return ais_log_marginal(
@@ -332,6 +338,7 @@ def _log_marginal(
             num_chains=ais.num_chains,
             step_size=ais.step_size,
             memory_budget_mb=budget,
+            report=tqdm.write if progress else None,
         )
     return iwae_log_marginal(
         decoder, family, x, params, num_samples, memory_budget_mb=budget, tail_dof=config.proposal_dof

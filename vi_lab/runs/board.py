@@ -6,11 +6,20 @@ Tags are namespaced as in CleanRL: `train/...`, `valid/...`, `charts/...`,
 The HParams tab (TensorBoard's hparams plugin) pairs three records. Each run opens a
 *session* in its own event file: its hyperparameters (booleans as booleans) when it
 starts, and its status once it is over (`end_session`). TensorBoard keeps the first
-record of a tag in a run, so a session is ended once, when its outcome is final. The
-*experiment* (which hyperparameters exist, their domains, whether they differ between
-runs, which scalar tags are the metrics) is one record per log root: TensorBoard reads
-a single one, from whichever run it meets first, so `write_experiment` keeps exactly one,
-in ROOT itself, built from the sessions of every run below it.
+record of a tag in a run, so a session is ended once, when its outcome is final. A
+session's group name, the "Trial ID" column of the table, is the run folder's name (not
+summary_v2's default, a hash of the values); runs whose folders share a name are one group.
+The table prints every number with five significant digits ("2.0000"), so integers are
+written as strings ("2"), and their domain is sorted as numbers. The *experiment* (which
+hyperparameters exist, their domains, whether they differ between runs, which scalar tags
+are the metrics) is one record per log root: TensorBoard reads a single one, from
+whichever run it meets first, so `write_experiment` keeps exactly one, built from the
+sessions of every run below the root. It is written into the first run's folder, in a file
+named to be read before the run's own: a file in the root would make the root a run of its
+own (".") in every tab. The table ticks the first five hyperparameters and the first five
+metrics: the experiment holds only the hyperparameters that differ between runs (all of
+them when none does: one run, say), so that none of the five is a constant, and the metric
+columns come in the order given.
 """
 
 from __future__ import annotations
@@ -33,7 +42,10 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-EXPERIMENT_FILE = "events.out.tfevents.vi_lab.experiment"  # "tfevents" in the name: TensorBoard reads it
+# "tfevents" in the name: TensorBoard reads it; ".0." sorts it before the run's own event files,
+# so a server watching a run that is still training keeps reading the newest file.
+EXPERIMENT_FILE = "events.out.tfevents.0.vi_lab.experiment"
+EXPERIMENT_FILES = "events.out.tfevents.*vi_lab.experiment"  # this one, and earlier versions' in the root
 HParamValue = bool | int | float | str
 
 
@@ -77,10 +89,12 @@ def write_png(image: Tensor, path: str | Path) -> Path:
     return path
 
 
-def start_session(writer: SummaryWriter, params: dict[str, Any]) -> None:
-    """Open the run's HParams session with its hyperparameters; other values become strings."""
-    clean = {k: v if isinstance(v, HParamValue) else str(v) for k, v in params.items()}
-    writer.file_writer.add_summary(hp.hparams_pb(clean))
+def start_session(writer: SummaryWriter, params: dict[str, Any], name: str) -> None:
+    """Open the run's HParams session, in the group `name` (the run folder's name), with its
+    hyperparameters: booleans, floats and strings as they are, integers and other values as
+    strings (see the module doc)."""
+    clean = {k: v if isinstance(v, bool | float | str) else str(v) for k, v in params.items()}
+    writer.file_writer.add_summary(hp.hparams_pb(clean, trial_id=name))
 
 
 def end_session(writer: SummaryWriter, success: bool) -> None:
@@ -105,24 +119,32 @@ def read_sessions(root: str | Path) -> dict[Path, dict[str, HParamValue]]:
     return sessions
 
 
-def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path:
+def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path | None:
     """Write ROOT's one HParams experiment: the hyperparameters of the runs below ROOT (their
-    union, each with its domain and whether it differs between runs) and `metric_tags` as
-    the metric columns. Earlier experiment records of vi_lab below ROOT are removed, since
-    TensorBoard would read only one of them."""
+    union, each with its domain; only those that differ between runs, where any does) and
+    `metric_tags` as the metric columns, in that order. It goes into the first
+    run's folder; None (nothing written) when no run is below ROOT. Earlier experiment
+    records of vi_lab below ROOT are removed, since TensorBoard would read only one."""
     root = Path(root)
+    sessions = read_sessions(root)
+    if not sessions:
+        return None
     values: dict[str, list[HParamValue]] = {}
-    for params in read_sessions(root).values():
+    for params in sessions.values():
         for name, value in params.items():
             values.setdefault(name, []).append(value)
+    infos = sorted((_hparam_info(name, v) for name, v in values.items()), key=lambda i: i.name)
+    if any(info.differs for info in infos):  # else one run, or runs alike: keep every setting
+        infos = [info for info in infos if info.differs]
     experiment = api_pb2.Experiment(
         time_created_secs=time.time(),
-        hparam_infos=[_hparam_info(name, values[name]) for name in sorted(values)],
+        hparam_infos=infos,
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags],
     )
     summary = _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
-    path = root / EXPERIMENT_FILE
-    temp = root / ".vi_lab_experiment.tmp"  # no "tfevents" in the name: TensorBoard never reads it
+    folder = min(sessions)
+    path = folder / EXPERIMENT_FILE
+    temp = folder / ".vi_lab_experiment.tmp"  # no "tfevents" in the name: TensorBoard never reads it
     with temp.open("wb") as file:
         records = RecordWriter(file)
         for event in (
@@ -131,7 +153,7 @@ def write_experiment(root: str | Path, metric_tags: Iterable[str]) -> Path:
         ):
             records.write(event.SerializeToString())
         records.flush()
-    for stale in root.rglob(EXPERIMENT_FILE):
+    for stale in root.rglob(EXPERIMENT_FILES):
         if stale != path:
             stale.unlink()
     os.replace(temp, path)
@@ -151,7 +173,9 @@ def _hparam_info(name: str, values: list[HParamValue]) -> api_pb2.HParamInfo:
             differs=low != high,
         )
     else:
-        kind, domain = api_pb2.DATA_TYPE_STRING, sorted({str(v) for v in values})
+        strings = {str(v) for v in values}
+        numeric = all(v.lstrip("-").isdigit() for v in strings)  # integers, written as strings
+        kind, domain = api_pb2.DATA_TYPE_STRING, sorted(strings, key=int if numeric else None)
     info = api_pb2.HParamInfo(name=name, type=kind, differs=len(domain) > 1)
     info.domain_discrete.extend(domain)
     return info
@@ -164,7 +188,7 @@ def _python_value(value: Any) -> HParamValue:
 
 def _session_start(path: Path) -> plugin_data_pb2.SessionStartInfo | None:
     """The session start record of one event file (written first, so the scan stops early)."""
-    if path.name == EXPERIMENT_FILE:
+    if path.match(EXPERIMENT_FILES):
         return None
     for event in EventFileLoader(str(path)).Load():
         for value in event.summary.value:

@@ -8,7 +8,7 @@ run's last training step, through this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from vi_lab.runs.board import write_png
+from vi_lab.runs.figures import captioned_grid, save_figure
 from vi_lab.runs.folder import TrainedRun
 
 FOLDER = "uses"
@@ -28,10 +29,12 @@ class Outputs:
     writer: SummaryWriter  # the run's TensorBoard folder
     step: int  # the run's last training step
 
-    def image(self, name: str, grid: Tensor) -> Path:
-        """Save a (C, H, W) grid as RUN/uses/{name}.png and as the TensorBoard image `uses/{name}`."""
-        self.writer.add_image(f"{FOLDER}/{name}", grid, self.step)
-        return write_png(grid, self.folder / f"{name}.png")
+    def image(self, name: str, grid: Tensor, caption: str, row_labels: Sequence[str] = ()) -> Path:
+        """Save a (C, H, W) grid captioned (`figures.captioned_grid`) as RUN/uses/{name}.png and
+        the TensorBoard image `uses/{name}`, and its exact pixels as RUN/uses/{name}_pixels.png."""
+        write_png(grid, self.folder / f"{name}_pixels.png")
+        figure = captioned_grid(grid, caption, row_labels)
+        return save_figure(figure, self.folder / f"{name}.png", self.writer, f"{FOLDER}/{name}", self.step)
 
     def scalar(self, tag: str, value: float) -> None:
         self.writer.add_scalar(f"{FOLDER}/{tag}", value, self.step)

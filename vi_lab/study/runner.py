@@ -541,6 +541,9 @@ def _note(trial: FrozenTrial) -> str:
     return ""
 
 
+IMPORTANCE_TRIALS_PER_PARAM = 5  # fANOVA's forest (Hutter et al. 2014) on fewer trials is mostly noise
+
+
 def _importances(study: optuna.Study, config: StudyConfig, num_complete: int) -> list[str]:
     if num_complete < 2:
         return [f"parameter importances: need at least 2 complete trials (have {num_complete})"]
@@ -556,6 +559,12 @@ def _importances(study: optuna.Study, config: StudyConfig, num_complete: int) ->
             continue
         ranked = ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
         lines.append(f"parameter importances for {objective.metric}: {ranked or 'none'}")
+    needed = IMPORTANCE_TRIALS_PER_PARAM * len(config.space)
+    if lines and num_complete < needed:
+        lines.append(
+            f"  (a rough guide only: {num_complete} complete trials for {len(config.space)} parameters; "
+            f"importances settle with about {needed}, {IMPORTANCE_TRIALS_PER_PARAM} per parameter)"
+        )
     return lines
 
 

@@ -2,24 +2,29 @@
 mean as a learned representation; Kingma & Welling 2014).
 
 Each point is placed at its posterior mean (`posterior.infer`: the encoder's, or a fresh
-per-datapoint fit), labelled with its Fashion-MNIST class and shown by its image
-(`SummaryWriter.add_embedding`, tag `uses/embedding`). TensorBoard writes the vectors,
-labels and sprite under RUN/{step:05d}/uses%2fembedding/ and lists them in
-RUN/projector_config.pbtxt; `embed_run` also saves RUN/uses/embedding.npz (loc, labels).
+per-datapoint fit), labelled with its Fashion-MNIST class and shown by its image. The
+projector's files (TensorBoard's projector plugin format: tensors.tsv, metadata.tsv, a
+sprite of the images in a square grid without borders) go into RUN/uses/embedding/, beside
+the other uses' outputs, and RUN/projector_config.pbtxt points to them, under the tensor
+name `uses/embedding:{step}`; `embed_run` also saves RUN/uses/embedding.npz (loc, labels).
 """
 
 from __future__ import annotations
 
-import shutil
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from google.protobuf import text_format
+from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+from torch import Tensor
 
 from vi_lab.chunking import map_points
 from vi_lab.config import ConfigError, override
+from vi_lab.runs.board import write_png
 from vi_lab.runs.folder import load_run
 from vi_lab.runs.outputs import FOLDER, open_outputs
 
@@ -70,22 +75,55 @@ def embed_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     metadata = None if labels is None else [CLASS_NAMES[int(c)] for c in labels[: x.shape[0]]]
     images = None if run.data.image_shape is None else x.view(-1, *run.data.image_shape).cpu()
     with open_outputs(run) as out:
-        # A rerun at the same step replaces the projector files instead of warning about them.
-        shutil.rmtree(
-            Path(out.writer.get_logdir()) / f"{out.step:05d}" / "uses%2fembedding", ignore_errors=True
-        )
-        out.writer.add_embedding(
-            loc.cpu(), metadata=metadata, label_img=images, global_step=out.step, tag=TAG
-        )
+        config_file = write_projector(run.run_dir, loc.cpu(), metadata, images, out.step)
         arrays = {"loc": loc.cpu().numpy()}
         if labels is not None:
             arrays["labels"] = labels[: x.shape[0]].cpu().numpy()
         np.savez(out.folder / "embedding.npz", **arrays)
-        folder = Path(out.writer.get_logdir())
     return {
         "num_points": x.shape[0],
         "latent_dim": loc.shape[1],
         "split": config.split,
-        "projector_config": str(folder / "projector_config.pbtxt"),
+        "projector_config": str(config_file),
         "npz": str(run.run_dir / FOLDER / "embedding.npz"),
     }
+
+
+def write_projector(
+    run_dir: Path, loc: Tensor, labels: list[str] | None, images: Tensor | None, step: int
+) -> Path:
+    """The projector's files for `loc` (N, D) in RUN/uses/embedding/ (replacing a previous
+    embedding's), with `labels` and `images` (N, C, H, W) where given; returns the config."""
+    folder = run_dir / FOLDER / "embedding"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = ProjectorConfig()
+    embedding = config.embeddings.add(
+        tensor_name=f"{TAG}:{step:05d}", tensor_path=_relative(folder, "tensors.tsv")
+    )
+    np.savetxt(folder / "tensors.tsv", loc.numpy(), delimiter="\t", fmt="%.7g")
+    if labels is not None:
+        (folder / "metadata.tsv").write_text("".join(f"{label}\n" for label in labels))
+        embedding.metadata_path = _relative(folder, "metadata.tsv")
+    if images is not None:
+        write_png(sprite(images), folder / "sprite.png")
+        embedding.sprite.image_path = _relative(folder, "sprite.png")
+        embedding.sprite.single_image_dim.extend([images.shape[3], images.shape[2]])  # width, height
+    config_file = run_dir / "projector_config.pbtxt"
+    config_file.write_text(text_format.MessageToString(config))
+    return config_file
+
+
+def sprite(images: Tensor) -> Tensor:
+    """(N, C, H, W) -> (C, n H, n W), n = ceil(sqrt(N)): the images row by row, no borders, the
+    rest black (the layout the projector expects of a sprite)."""
+    num, channels, height, width = images.shape
+    side = math.ceil(math.sqrt(num))
+    padded = torch.zeros(side * side, channels, height, width)
+    padded[:num] = images
+    grid = padded.view(side, side, channels, height, width).permute(2, 0, 3, 1, 4)  # (C, n, H, n, W)
+    return grid.reshape(channels, side * height, side * width)
+
+
+def _relative(folder: Path, name: str) -> str:
+    """A path inside RUN/uses/embedding/ as the projector reads it: relative to RUN."""
+    return f"{FOLDER}/{folder.name}/{name}"

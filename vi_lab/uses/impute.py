@@ -191,7 +191,12 @@ def impute_run(run_dir: str | Path, mask: str, overrides: list[str] | tuple[str,
             shown = torch.where(observed, x, MISSING_GRAY)[:n]
             filled = torch.where(observed, x, imputed)[:n]
             grid = image_grid(torch.cat([shown, filled, x[:n]]), run.data.image_shape, num_rows=3)
-            summary["png"] = str(out.image("impute", grid))
+            caption = (
+                f"{run.run_dir.name}: {config.split} images with pixels hidden ({mask}, gray), "
+                "filled in by q fitted to the observed ones"
+            )
+            labels = ("observed", "imputed", "truth")
+            summary["png"] = str(out.image("impute", grid, caption, labels))
         write_json(summary, out.folder / "impute.json")
     return summary
 

@@ -80,8 +80,19 @@ def sample_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
         decoded = decoder.mean(path)  # (pairs, T, P)
     rows = torch.cat([x[0::2, None], decoded, x[1::2, None]], dim=1)  # (pairs, T + 2, P)
 
+    name = run.run_dir.name
     with open_outputs(run) as out:
         return {
-            "samples": out.image("samples", image_grid(samples, shape)),
-            "interpolation": out.image("interpolation", image_grid(rows.flatten(0, 1), shape, num_pairs)),
+            "samples": out.image(
+                "samples",
+                image_grid(samples, shape),
+                f"{name}: {samples.shape[0]} decoded prior samples, the mean of p(x | z), z ~ N(0, I)",
+            ),
+            "interpolation": out.image(
+                "interpolation",
+                image_grid(rows.flatten(0, 1), shape, num_pairs),
+                f"{name}: {config.split} images (first and last column) and the decoded straight line "
+                "between their posterior means",
+                [f"pair {i + 1}" for i in range(num_pairs)],
+            ),
         }
