@@ -112,7 +112,7 @@ def evaluate_run(
             f"{config.split}_gaps": gap_histograms(points, title),
             f"{config.split}_bounds": bound_scatter(points, title),
             "gap_curves": gap_curves(history, training_title(run.run_dir.name, run.config.train)),
-            f"{config.split}_diagnostics": diagnostics_bars(summary),
+            f"{config.split}_diagnostics": diagnostics_bars(summary, title),
         }
         if run.model.decoder.latent_dim == 2:
             qs = (

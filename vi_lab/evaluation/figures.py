@@ -190,14 +190,14 @@ def budget_curves(histories: list[list[dict[str, Any]]], names: list[str]) -> Fi
     return figure
 
 
-def diagnostics_bars(summary: dict[str, Any]) -> Figure:
+def diagnostics_bars(summary: dict[str, Any], title: str) -> Figure:
     """Posterior collapse per latent dimension (`diagnostics.py`), the encoder's q beside q*:
     KL(q_d || N(0, 1)) averaged over points, and Cov_x(E_q[z_d]) with the active-unit
     threshold (log scale); the titles give the active units and I_q(x; z) ± standard error."""
     from vi_lab.evaluation.diagnostics import ACTIVE_THRESHOLD
 
     qs = [name for name, value in summary["kl_per_dimension"].items() if value is not None]
-    figure = new_figure(2, panel_size=(6.0, 3.2))
+    figure = new_figure(title, 2, panel_height=3.2)
     width = 0.8 / len(qs)
     for ax, key, label in zip(
         figure.axes,
@@ -215,7 +215,7 @@ def diagnostics_bars(summary: dict[str, Any]) -> Figure:
         ax.xaxis.get_major_locator().set_params(integer=True)
     figure.axes[1].set_yscale("log")
     figure.axes[1].axhline(ACTIVE_THRESHOLD, color="black", linestyle="--", linewidth=1)
-    figure.axes[0].legend(fontsize=8)
+    outside_legend(figure, fontsize=8)
     ceiling = summary["mutual_information"].get("log_num_points")
     bound = "" if ceiling is None else f"; the I(x; z) estimate ≤ log N = {ceiling:.2f}"
     figure.axes[0].set_title(f"KL of each marginal, mean over points{bound}", fontsize=9)
