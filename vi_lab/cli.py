@@ -21,23 +21,34 @@ from vi_lab.config import ConfigError, config_yaml, from_dict, load_config, over
 from vi_lab.data.fashion_mnist import DataFileError
 from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
 from vi_lab.experiment import write_experiment_summary
-from vi_lab.runs.checkpoint import load_checkpoint
-from vi_lab.runs.folder import default_run_dir
+from vi_lab.runs.checkpoint import CheckpointWriteError, load_checkpoint
+from vi_lab.runs.folder import check_resumable, default_run_dir
+from vi_lab.runs.lock import FolderLockedError
 from vi_lab.runs.stopping import exit_code, signal_of
 from vi_lab.train import NonFiniteLossError, train
 
-USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
+USER_ERRORS = (
+    ConfigError,
+    DataFileError,
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+    NonFiniteLossError,
+    CheckpointWriteError,
+    FolderLockedError,
+)
 
 
 def _train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
+        check_resumable(run_dir)
         config = override(from_dict(load_checkpoint(run_dir)["config"]), args.items)
     else:
         if not args.items:
             raise ConfigError("give a config file, e.g. `vi-lab train configs/smoke.yaml`")
         config = load_config(args.items[0], args.items[1:])
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
+        run_dir = default_run_dir(config) if args.run_dir is None else Path(args.run_dir)
     if args.show_config:
         print(config_yaml(config), end="")
         return

@@ -62,7 +62,7 @@ from vi_lab.progress import progress_bar
 from vi_lab.runs import resume as resuming
 from vi_lab.runs.board import NullWriter, end_session, start_session, write_json
 from vi_lab.runs.checkpoint import FILENAME, save_run_state
-from vi_lab.runs.folder import check_fresh
+from vi_lab.runs.folder import check_fresh, claim_run_folder
 from vi_lab.runs.schedule import kl_weight, learning_rate
 from vi_lab.runs.stopping import agreed_stops, graceful_stop, signal_of, signals_deferred
 from vi_lab.runs.window import MetricWindow, NonFiniteStep
@@ -131,8 +131,20 @@ def train(
     there); `hparams` replaces the flattened config in TensorBoard's HParams tab. The run's
     HParams session ends with success when the last epoch is done; a run stopped or failed
     leaves it open (TensorBoard shows its status as unknown), since it can be resumed.
+    One process at a time trains a run folder (`runs.folder.claim_run_folder`).
     """
     run_dir = Path(run_dir)
+    with claim_run_folder(run_dir, resume):
+        return _train_claimed(config, run_dir, resume, on_epoch, hparams)
+
+
+def _train_claimed(
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    on_epoch: EpochCallback | None,
+    hparams: dict[str, Any] | None,
+) -> dict[str, Any]:
     device = distributed.local_device(resolve_device(config.device))
     check_precision(config.runtime.precision, device)
     seed_everything(config.seed)

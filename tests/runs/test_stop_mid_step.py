@@ -11,37 +11,21 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.runs.tiny import tiny_config
 from vi_lab import train as training
-from vi_lab.config import load_config
 from vi_lab.runs.checkpoint import load_checkpoint
 from vi_lab.runs.stopping import Terminated
 
-ROOT = Path(__file__).parents[2]
-TINY = [  # 110 training points, 6 batches an epoch, 12 steps: about 0.1 s (local: 0.5 s) a run
-    "progress=false",
-    "data.synthetic.num_points=140",
-    "model.hidden=[8]",
-    "inference.inner.max_steps=10",
-    "inference.refine.num_steps=2",
-    "train.epochs=2",
-    "train.batch_size=20",
-    "train.log_every=3",
-    "train.num_images=1",
-    "train.valid_num_points=10",
-    "train.valid_num_samples=10",
-    "eval.refine.max_steps=20",
-]
 STEP = 8  # the step interrupted (0-based): the 3rd of epoch 2, and a log point (step 9 % 3 == 0)
 NUM_POINTS = 7  # points of the step the signal is sent at, evenly spread
 
 
 def _config(kind: str):
-    return load_config(ROOT / "configs" / "linear_gaussian.yaml", [*TINY, f"inference.kind={kind}"])
+    return tiny_config(f"inference.kind={kind}")
 
 
 class SignalInStep:

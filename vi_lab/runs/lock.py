@@ -1,0 +1,45 @@
+"""One writer per folder: an advisory OS lock (`fcntl.flock`) held for the life of a training
+run or resume (RUN/.lock) or of an evaluation (RUN/eval/.lock).
+
+The lock belongs to the open file, so the kernel releases it when the process ends, however
+it ends (kill -9 included): a lock file left by a dead process is simply taken over. The file
+holds the holder's PID, which a refused process names. The file itself stays: removing it
+would let a third process lock a new file while the second still waits on the old one.
+flock is not reliable on every network file system (NFS emulates it with POSIX locks).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCKFILE = ".lock"
+
+
+class FolderLockedError(RuntimeError):
+    """Another live process holds the folder's lock; the message names its PID."""
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold FOLDER/.lock during the block; FolderLockedError at once when another process holds it.
+    `what` says what the holder is doing (e.g. "training"), for the message."""
+    path = folder / LOCKFILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderLockedError(
+                f"{folder} is already {what} in process {holder} (it holds {path}): "
+                "wait for it to end or stop it, then try again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
