@@ -78,6 +78,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
+    if args.figure is not None and (Path(args.figure).is_dir() or not Path(args.figure).parent.is_dir()):
+        raise FileExistsError(f"--figure {args.figure}: name a PNG file in an existing folder")
     print(compare_runs(args.run_dirs, args.figure))
     if args.figure:
         print(f"\nwritten: {args.figure}")

@@ -77,9 +77,16 @@ def claim_run_folder(run_dir: Path, resume: bool) -> Iterator[None]:
     if not distributed.is_main():
         yield
         return
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with folder_lock(run_dir, "being trained"):
-        yield
+    try:
+        with folder_lock(run_dir, "being trained"):
+            yield
+    except BaseException:
+        if made and [path.name for path in run_dir.iterdir()] == [LOCKFILE]:  # it failed before writing
+            (run_dir / LOCKFILE).unlink()
+            run_dir.rmdir()
+        raise
 
 
 @dataclass

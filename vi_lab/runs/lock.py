@@ -1,5 +1,6 @@
-"""One writer per folder: an advisory OS lock (`fcntl.flock`) held for the life of a training
-run or resume (RUN/.lock) or of an evaluation (RUN/eval/.lock).
+"""One writer at a time: an advisory OS lock (`fcntl.flock`) on a file, held for the life of a
+training run or resume (RUN/.lock, `folder_lock`: a second process is refused) or while a
+study's SQLite file is set up (`file_lock`: the others wait their turn).
 
 The lock belongs to the open file, so the kernel releases it when the process ends, however
 it ends (kill -9 included): a lock file left by a dead process is simply taken over. The file
@@ -21,6 +22,17 @@ LOCKFILE = ".lock"
 
 class FolderLockedError(RuntimeError):
     """Another live process holds the folder's lock; the message names its PID."""
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Wait for, then hold, the lock on `path` (made if missing) during the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager
