@@ -11,6 +11,7 @@ from vi_lab.config import Config, load_config
 ROOT = Path(__file__).parents[2]
 TINY = [
     "progress=false",
+    "device=cpu",  # where bit-for-bit equality is promised: CUDA kernels may reorder sums
     "data.synthetic.num_points=140",
     "model.hidden=[8]",
     "inference.inner.max_steps=10",
