@@ -28,6 +28,15 @@ def _config(kind: str):
     return tiny_config(f"inference.kind={kind}")
 
 
+@pytest.fixture(autouse=True)
+def sigint_as_at_a_terminal():
+    """Python's own SIGINT handler, even where the test runner was started in the background
+    (the shell then hands it SIGINT ignored, which training respects)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class SignalInStep:
     """Counts the calls of step `STEP`'s loop body; sends `signum` at call number `at` (0: never)."""
 
@@ -97,3 +106,11 @@ def test_a_signal_anywhere_in_a_step_stops_after_it_and_resumes_exactly(tmp_path
         monkeypatch.undo()
         training.train(_config(kind), run_dir, resume=True)
         _assert_same_run(load_checkpoint(run_dir), whole)
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, monkeypatch):
+    """A shell starts a background job with SIGINT ignored, so that Ctrl-C at the terminal leaves it alone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the fixture puts the handler back
+    with SignalInStep(monkeypatch, at=100) as injected:
+        metrics = training.train(_config("amortized"), tmp_path / "run")
+    assert injected.sent and metrics["steps"] == 12

@@ -56,7 +56,10 @@ def _in_main_thread() -> bool:
 
 @contextmanager
 def _handlers(handler: Callable[[int, FrameType | None], Any], signals: tuple[int, ...]) -> Iterator[None]:
-    previous = {number: signal.signal(number, handler) for number in signals}
+    """`handler` for `signals` during the block, except those ignored (SIG_IGN): a shell starts
+    a background job with SIGINT ignored, so that Ctrl-C at the terminal leaves it alone."""
+    handled = [number for number in signals if signal.getsignal(number) != signal.SIG_IGN]
+    previous = {number: signal.signal(number, handler) for number in handled}
     try:
         yield
     finally:
