@@ -13,6 +13,7 @@ import argparse
 import sys
 import textwrap
 import warnings
+from contextlib import nullcontext
 from importlib import import_module
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
 from vi_lab.experiment import write_experiment_summary
 from vi_lab.runs.checkpoint import CheckpointWriteError, load_checkpoint
 from vi_lab.runs.folder import check_resumable, default_run_dir
-from vi_lab.runs.lock import FolderLockedError
+from vi_lab.runs.lock import EVAL_LOCKFILE, FolderLockedError, folder_lock
 from vi_lab.runs.stopping import exit_code, signal_of
 from vi_lab.train import NonFiniteLossError, train
 
@@ -70,7 +71,10 @@ def _evaluate(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{config_file} does not exist: is {args.run_dir} a run folder?")
         print(config_yaml(override(load_config(config_file).eval, args.overrides)), end="")
         return
-    summary = evaluate_run(args.run_dir, args.overrides)
+    run_dir = Path(args.run_dir)
+    one_at_a_time = (run_dir / "config.yaml").is_file() and distributed.is_main()  # not beside another
+    with folder_lock(run_dir, "being evaluated", EVAL_LOCKFILE) if one_at_a_time else nullcontext():
+        summary = evaluate_run(args.run_dir, args.overrides)
     if not distributed.is_main():
         return
     print(format_table([summary], [Path(args.run_dir).name]))

@@ -23,7 +23,7 @@ from vi_lab.runs.checkpoint import (
     CheckpointWriteError,
     load_checkpoint,
 )
-from vi_lab.runs.lock import LOCKFILE, FolderLockedError
+from vi_lab.runs.lock import EVAL_LOCKFILE, LOCKFILE, FolderLockedError, folder_lock
 
 
 def _flip(path, num_bytes: int = 20) -> None:
@@ -150,3 +150,15 @@ def test_a_checkpoint_that_is_a_folder_is_one_line(tmp_path):
     (run_dir / "checkpoint.pt").mkdir()
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt is not a file"):
         training.train(tiny_config(), run_dir, resume=True)
+
+
+def test_one_evaluation_at_a_time_beside_training(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    training.train(tiny_config("train.epochs=1"), run_dir)
+    evaluate = ["evaluate", str(run_dir), "num_points=5", "num_samples=10", "refine.max_steps=10"]
+    with folder_lock(run_dir, "being trained"):  # training holds its own lock: evaluation goes on
+        assert main(evaluate) == 0
+    capsys.readouterr()
+    with folder_lock(run_dir, "being evaluated", EVAL_LOCKFILE):
+        err = _one_line_error(capsys, *evaluate)
+    assert f"{run_dir} is already being evaluated in process {os.getpid()}" in err

@@ -1,6 +1,7 @@
 """One writer at a time: an advisory OS lock (`fcntl.flock`) on a file, held for the life of a
-training run or resume (RUN/.lock, `folder_lock`: a second process is refused) or while a
-study's SQLite file is set up (`file_lock`: the others wait their turn).
+training run or resume (RUN/.lock) or of an evaluation (RUN/.eval.lock), where a second
+process is refused (`folder_lock`), or while a study's SQLite file is set up (`file_lock`:
+the others wait their turn).
 
 The lock belongs to the open file, so the kernel releases it when the process ends, however
 it ends (kill -9 included): a lock file left by a dead process is simply taken over. The file
@@ -17,7 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOCKFILE = ".lock"
+LOCKFILE = ".lock"  # training's
+EVAL_LOCKFILE = ".eval.lock"  # evaluation's: it may run beside training, not beside another evaluation
 
 
 class FolderLockedError(RuntimeError):
@@ -36,10 +38,10 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[None]:
-    """Hold FOLDER/.lock during the block; FolderLockedError at once when another process holds it.
-    `what` says what the holder is doing (e.g. "training"), for the message."""
-    path = folder / LOCKFILE
+def folder_lock(folder: Path, what: str, name: str = LOCKFILE) -> Iterator[None]:
+    """Hold FOLDER/`name` during the block; FolderLockedError at once when another process holds
+    it. `what` says what the holder is doing (e.g. "being trained"), for the message."""
+    path = folder / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
