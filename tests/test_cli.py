@@ -151,3 +151,86 @@ def test_show_config_prints_resolved_settings_without_running(tmp_path, capsys):
 
     assert main(["train", "--show-config", "configs/smoke.yaml", "train.epochz=7"]) == 2
     assert "train.epochz" in capsys.readouterr().err
+
+
+def _fake_run(folder: Path) -> Path:
+    """A folder that looks like a run to the checks made before any work (nothing is loaded)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("seed: 0\n")
+    (folder / "checkpoint.pt").write_bytes(b"")
+    return folder
+
+
+BASE = ROOT / "configs" / "linear_gaussian.yaml"
+BAD_INPUTS = {  # name: (arguments given tmp_path, what the one line must say)
+    "yaml python tag": (
+        lambda tmp: ["train", _write(tmp / "c.yaml", "seed: !!python/object/apply:os.system [echo hi]\n")],
+        "could not determine a constructor for the tag",
+    ),
+    "yaml duplicate key": (
+        lambda tmp: ["train", _write(tmp / "c.yaml", "seed: 1\nseed: 2\n")],
+        "found duplicate key seed (line 2",
+    ),
+    "study space as a list": (
+        lambda tmp: ["study", _write(tmp / "s.yaml", f"base: {BASE}\nspace:\n  - train.lr\n")],
+        "space: must be a mapping (key: value), not a list",
+    ),
+    "list where a mapping belongs": (
+        lambda tmp: ["train", _write(tmp / "c.yaml", "model:\n  hidden: {a: 1}\n")],
+        "model.hidden: must be a list, not a mapping",
+    ),
+    "run dir under a file": (
+        lambda tmp: ["train", str(BASE), "--run-dir", _write(tmp / "file", "") + "/run"],
+        "is a file, not a folder",
+    ),
+    "empty run dir": (lambda tmp: ["train", str(BASE), "--run-dir", ""], "the run folder must be named"),
+    "run dir inside a run": (
+        lambda tmp: ["train", str(BASE), "--run-dir", str(_fake_run(tmp / "run") / "inner")],
+        "lies inside the run folder",
+    ),
+    "resume of a file": (
+        lambda tmp: ["train", "--resume", str(_fake_run(tmp / "run") / "checkpoint.pt")],
+        "pass the run folder",
+    ),
+    "checkpoint.pt a folder": (
+        lambda tmp: ["train", "--resume", str(_checkpoint_folder(tmp / "run"))],
+        "checkpoint.pt is not a file",
+    ),
+    "compare figure a folder": (
+        lambda tmp: ["compare", str(tmp), "--figure", str(tmp)],
+        "--figure",
+    ),
+    "huge latent_dim": (
+        lambda tmp: ["train", str(BASE), "model.latent_dim=100000000000", "--run-dir", str(tmp / "run")],
+        "model: the networks need",
+    ),
+    "overflowing seed": (
+        lambda tmp: ["train", str(BASE), "seed=99999999999999999999999"],
+        "seed: must lie in",
+    ),
+    "overflowing data seed": (
+        lambda tmp: ["train", str(BASE), "data.seed=99999999999999999999999"],
+        "data.seed: must lie in",
+    ),
+}
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def _checkpoint_folder(run_dir: Path) -> Path:
+    _fake_run(run_dir)
+    (run_dir / "checkpoint.pt").unlink()
+    (run_dir / "checkpoint.pt").mkdir()
+    return run_dir
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_each_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+    arguments, message = BAD_INPUTS[case]
+    assert main(arguments(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "run" / ".lock").exists()  # nothing was started

@@ -13,6 +13,7 @@ import argparse
 import sys
 import textwrap
 import warnings
+from contextlib import nullcontext
 from importlib import import_module
 from pathlib import Path
 
@@ -21,23 +22,34 @@ from vi_lab.config import ConfigError, config_yaml, from_dict, load_config, over
 from vi_lab.data.fashion_mnist import DataFileError
 from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
 from vi_lab.experiment import write_experiment_summary
-from vi_lab.runs.checkpoint import load_checkpoint
-from vi_lab.runs.folder import default_run_dir
+from vi_lab.runs.checkpoint import CheckpointWriteError, load_checkpoint
+from vi_lab.runs.folder import check_resumable, default_run_dir
+from vi_lab.runs.lock import EVAL_LOCKFILE, FolderLockedError, folder_lock
 from vi_lab.runs.stopping import exit_code, signal_of
 from vi_lab.train import NonFiniteLossError, train
 
-USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
+USER_ERRORS = (
+    ConfigError,
+    DataFileError,
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+    NonFiniteLossError,
+    CheckpointWriteError,
+    FolderLockedError,
+)
 
 
 def _train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
+        check_resumable(run_dir)
         config = override(from_dict(load_checkpoint(run_dir)["config"]), args.items)
     else:
         if not args.items:
             raise ConfigError("give a config file, e.g. `vi-lab train configs/smoke.yaml`")
         config = load_config(args.items[0], args.items[1:])
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
+        run_dir = default_run_dir(config) if args.run_dir is None else Path(args.run_dir)
     if args.show_config:
         print(config_yaml(config), end="")
         return
@@ -76,7 +88,10 @@ def _evaluate(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{config_file} does not exist: is {args.run_dir} a run folder?")
         print(config_yaml(override(load_config(config_file).eval, args.overrides)), end="")
         return
-    summary = evaluate_run(args.run_dir, args.overrides)
+    run_dir = Path(args.run_dir)
+    one_at_a_time = (run_dir / "config.yaml").is_file() and distributed.is_main()  # not beside another
+    with folder_lock(run_dir, "being evaluated", EVAL_LOCKFILE) if one_at_a_time else nullcontext():
+        summary = evaluate_run(args.run_dir, args.overrides)
     if not distributed.is_main():
         return
     print(format_table([summary], [Path(args.run_dir).name]))
@@ -84,6 +99,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
+    if args.figure is not None and (Path(args.figure).is_dir() or not Path(args.figure).parent.is_dir()):
+        raise FileExistsError(f"--figure {args.figure}: name a PNG file in an existing folder")
     print(compare_runs(args.run_dirs, args.figure))
     if args.figure:
         print(f"\nwritten: {args.figure}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -97,6 +97,9 @@ class RefineInit(str, Enum):
     prior = "prior"
 
 
+SEED_LIMIT = 2**32  # seeds are combined with steps and epochs (seed * 1_000_003 + step) in 64 bits
+
+
 def require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
@@ -150,6 +153,7 @@ class DataConfig:
     banana: BananaConfig = field(default_factory=BananaConfig)
 
     def check(self) -> None:
+        require(0 <= self.seed < SEED_LIMIT, "seed", f"must lie in [0, {SEED_LIMIT}) (2**32)")
         require(0.0 < self.threshold < 1.0, "threshold", "must lie in (0, 1)")
         for key in ("num_train", "num_valid"):
             value = getattr(self, key)
@@ -417,6 +421,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def check(self) -> None:
+        require(0 <= self.seed < SEED_LIMIT, "seed", f"must lie in [0, {SEED_LIMIT}) (2**32)")
         require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device",
@@ -468,8 +473,31 @@ def build(schema: Any, *sources: Any) -> Any:
         key = getattr(error, "full_key", None)
         first_line = str(error).splitlines()[0]
         raise ConfigError(f"{key}: {first_line}" if key else first_line) from None
+    except TypeError as error:  # OmegaConf's merge of a list into a mapping, or the reverse
+        for source in sources:
+            found = _shape_mismatch(OmegaConf.structured(schema), source)
+            if found is not None:
+                raise ConfigError(f"{found[0]}: must be {found[1]}") from None
+        raise ConfigError(str(error)) from None
     _validate(config)
     return config
+
+
+def _shape_mismatch(expected: Any, given: Any, key: str = "") -> tuple[str, str] | None:
+    """The first dotted key at which `given` holds a list where `expected` has a mapping, or the
+    reverse, and what it must be."""
+    if isinstance(given, ListConfig) and isinstance(expected, DictConfig):
+        return key, "a mapping (key: value), not a list"
+    if isinstance(given, DictConfig) and isinstance(expected, ListConfig):
+        return key, "a list, not a mapping"
+    if isinstance(given, DictConfig) and isinstance(expected, DictConfig):
+        for name in map(str, given):
+            if name in expected:
+                inner = f"{key}.{name}" if key else name
+                found = _shape_mismatch(expected._get_node(name), given._get_node(name), inner)
+                if found is not None:
+                    return found
+    return None
 
 
 def parse_overrides(overrides: list[str]) -> Any:
@@ -495,7 +523,8 @@ def load_yaml_mapping(path: str | Path) -> DictConfig:
     """A YAML file whose top level is a mapping of keys; ConfigError (one line) for anything else."""
     path = Path(path)
     try:
-        node = yaml.compose(path.read_text())
+        node = yaml.compose(path.read_text())  # composing constructs nothing: tags stay inert
+        loaded = OmegaConf.load(path)  # a safe loader: python tags and duplicate keys are errors
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -505,7 +534,6 @@ def load_yaml_mapping(path: str | Path) -> DictConfig:
     if node is not None and not isinstance(node, yaml.MappingNode):
         kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
         raise ConfigError(f"{path}: the top level is {kind}; it must be a mapping of keys (key: value)")
-    loaded = OmegaConf.load(path)
     assert isinstance(loaded, DictConfig)
     return loaded
 

@@ -70,7 +70,7 @@ from vi_lab.progress import phase, progress_bar
 from vi_lab.runs import resume as resuming
 from vi_lab.runs.board import NullWriter, end_session, start_session, write_json
 from vi_lab.runs.checkpoint import FILENAME, save_run_state
-from vi_lab.runs.folder import check_fresh
+from vi_lab.runs.folder import check_fresh, claim_run_folder
 from vi_lab.runs.schedule import kl_weight, learning_rate
 from vi_lab.runs.stopping import agreed_stops, graceful_stop, signal_of, signals_deferred
 from vi_lab.runs.window import MetricWindow, NonFiniteStep
@@ -122,6 +122,7 @@ class _Run:
     history: list[dict[str, Any]]
     window: MetricWindow = field(default_factory=MetricWindow)
     network: nn.Module | None = None  # the model under DistributedDataParallel, under torchrun
+    saved_at: tuple[int, int] | None = None  # (epoch, batch) of the last checkpoint written
 
     def scalar(self, tag: str, value: float) -> None:
         """One scalar at the current step, stamped with the training clock (see module doc)."""
@@ -143,8 +144,20 @@ def train(
     there); `hparams` replaces the flattened config in TensorBoard's HParams tab. The run's
     HParams session ends with success when the last epoch is done; a run stopped or failed
     leaves it open (TensorBoard shows its status as unknown), since it can be resumed.
+    One process at a time trains a run folder (`runs.folder.claim_run_folder`).
     """
     run_dir = Path(run_dir)
+    with claim_run_folder(run_dir, resume):
+        return _train_claimed(config, run_dir, resume, on_epoch, hparams)
+
+
+def _train_claimed(
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    on_epoch: EpochCallback | None,
+    hparams: dict[str, Any] | None,
+) -> dict[str, Any]:
     device = distributed.local_device(resolve_device(config.device))
     check_precision(config.runtime.precision, device)
     seed_everything(config.seed)
@@ -238,9 +251,10 @@ def _run_epochs(run: _Run, on_epoch: EpochCallback | None) -> dict[str, Any]:
                 metrics = _end_epoch(run, bar, epoch_started)
                 if on_epoch is not None:
                     on_epoch(run.position.epoch, metrics)
+                check_stop()  # a signal during validation stops after the epoch's checkpoint
     except KeyboardInterrupt as stop:
-        _flush(run)  # never save parameters that a non-finite step has touched
-        _save(run)
+        if run.saved_at != (run.position.epoch, run.position.batch):  # keep checkpoint.prev.pt distinct
+            _save(run)  # never saves parameters that a non-finite step has touched (`_save`)
         bar.write(
             f"interrupted by {signal_of(stop).name}: checkpoint saved at step {run.position.step} "
             f"in {run.run_dir}; continue with `vi-lab train --resume {run.run_dir}`"
@@ -299,15 +313,19 @@ def _flush(run: _Run) -> dict[str, float]:
     try:
         return run.window.flush()
     except NonFiniteStep as fault:
-        kept = (
-            f"the last good checkpoint in {run.run_dir} is kept"
-            if (run.run_dir / FILENAME).exists()
-            else "no checkpoint had been written yet"
-        )
-        raise NonFiniteLossError(
-            f"the training loss became non-finite at step {run.position.step - fault.steps_ago} "  # as logged
-            f"(epoch {run.position.epoch + 1}); {kept}. Try a smaller train.lr or inference.inner.lr."
-        ) from None
+        raise _non_finite_loss(run, fault) from None
+
+
+def _non_finite_loss(run: _Run, fault: NonFiniteStep) -> NonFiniteLossError:
+    kept = (
+        f"the last good checkpoint in {run.run_dir} is kept"
+        if (run.run_dir / FILENAME).exists()
+        else "no checkpoint had been written yet"
+    )
+    return NonFiniteLossError(
+        f"the training loss became non-finite at step {run.position.step - fault.steps_ago} "  # as logged
+        f"(epoch {run.position.epoch + 1}); {kept}. Try a smaller train.lr or inference.inner.lr."
+    )
 
 
 def _end_epoch(run: _Run, bar: tqdm, epoch_started: float) -> dict[str, Any]:
@@ -437,14 +455,21 @@ def _summary(run: _Run) -> dict[str, Any]:
 
 
 def _save(run: _Run) -> None:
+    """The run's checkpoint; `NonFiniteLossError`, saving nothing, when a step since the last
+    log point was not finite."""
+    try:
+        sums = run.window.state()
+    except NonFiniteStep as fault:
+        raise _non_finite_loss(run, fault) from None
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "position": asdict(run.position),
         "history": run.history,
         "config": to_dict(run.config),
-        "epoch_sums": run.window.state(),
+        "epoch_sums": sums,
     }
     save_run_state(
         state, rng_state(), run.run_dir, run.position.step, run.model.table_keys, run.data.num_train
     )
+    run.saved_at = (run.position.epoch, run.position.batch)

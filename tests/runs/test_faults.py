@@ -23,7 +23,12 @@ from vi_lab import train as training
 from vi_lab.config import load_config
 from vi_lab.evaluation.evaluate import evaluate_run
 from vi_lab.inference import objectives
-from vi_lab.runs.checkpoint import CheckpointError, CheckpointFallbackWarning, load_checkpoint
+from vi_lab.runs.checkpoint import (
+    CheckpointError,
+    CheckpointFallbackWarning,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 ROOT = Path(__file__).parents[2]
 SMOKE = ["configs/smoke.yaml", "progress=false"]
@@ -169,7 +174,7 @@ def test_evaluate_refuses_non_finite_parameters(tmp_path):
     training.train(_config("train.epochs=1"), run_dir)
     state = load_checkpoint(run_dir)
     next(iter(state["model"].values())).fill_(float("nan"))
-    torch.save(state, run_dir / "checkpoint.pt")
+    save_checkpoint(state, run_dir / "checkpoint.pt")  # a whole file, its digest true: NaN all the same
     with pytest.raises(CheckpointError, match="NaN or infinity"):
         evaluate_run(run_dir, ["num_points=20", "num_samples=10"])
     assert not (run_dir / "eval").exists()
@@ -179,9 +184,11 @@ def test_resume_after_kill_purges_orphaned_tensorboard_steps(tmp_path):
     """kill -9 after epoch 2 logged but before its checkpoint: steps 6..10 are logged twice."""
     run_dir = tmp_path / "run"
     training.train(_config("train.epochs=1"), run_dir)
-    shutil.copy(run_dir / "checkpoint.pt", tmp_path / "epoch1.pt")
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
+        shutil.copy(run_dir / name, tmp_path / name)
     training.train(_config("train.epochs=2"), run_dir, resume=True)
-    shutil.copy(tmp_path / "epoch1.pt", run_dir / "checkpoint.pt")  # as if killed before the save
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):  # as if killed before the save
+        shutil.copy(tmp_path / name, run_dir / name)
     training.train(_config("train.epochs=2"), run_dir, resume=True)
     events = EventAccumulator(str(run_dir))
     events.Reload()

@@ -44,6 +44,9 @@ def main(out: Path, settings: list[str], eval_settings: list[str]) -> None:
         return train_step(*args, **kwargs)
 
     distributed.wrap, training.train_step = capture, step_and_signal
+    # Python's SIGINT handler even where the tests run in the background: the shell then
+    # hands SIGINT ignored down to torchrun's workers, and training leaves an ignored signal alone
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     distributed.init()  # one process group for every command below
     config = str(ROOT / "configs" / "linear_gaussian.yaml")
     for kind in ("local", "amortized"):

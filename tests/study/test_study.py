@@ -453,6 +453,20 @@ def test_two_invocations_on_one_journal_draw_distinct_parameters_and_meet_the_ta
     assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
 
 
+@pytest.mark.slow
+def test_two_invocations_on_a_fresh_sqlite_file_meet_the_target(tmp_path: Path) -> None:
+    """The first to open the fresh study.db creates Optuna's tables while the other waits
+    (study.db.lock): neither dies on the UNIQUE constraint of alembic_version."""
+    n_trials = 4
+    command = _study_command(tmp_path, f"n_trials={n_trials}", "pruner.kind=none")
+    runs = _run_together([command, command], _subprocess_env())
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    config = smoke_config(tmp_path)
+    assert resolve_storage(config, None, 1).url == f"sqlite:///{tmp_path.resolve() / 'smoke' / 'study.db'}"
+    trials = _check_target_met_exactly(load(config), n_trials)
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
+
+
 @pytest.fixture(scope="module")
 def postgres_url() -> str:
     bin_dir, why = find_bin_dir()

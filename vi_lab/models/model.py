@@ -3,6 +3,7 @@ variational family."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from vi_lab.config import Config, ConfigError, InferenceKind
@@ -63,10 +64,37 @@ def check_table_fits(num_rows: int, family: Family, device_type: str) -> None:
             )
 
 
+def network_bytes(config: Config, data: Data, num_params: int) -> int:
+    """Bytes of the decoder and encoder in training: each parameter, its gradient and Adam's two
+    moments (float32). Counted on networks built on the meta device: nothing is allocated and
+    the random streams are left as they were."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        networks = [build_decoder(config.model, data.data_dim, data.image_shape)]
+        if config.inference.kind != InferenceKind.local:
+            networks.append(build_encoder(config.model, data.data_dim, data.image_shape, num_params))
+    return 4 * 4 * sum(p.numel() for network in networks for p in network.parameters())
+
+
+def check_networks_fit(config: Config, data: Data, family: Family) -> None:
+    """ConfigError (one line) when the networks in training would take more than TABLE_FRACTION of
+    the memory available on the CPU, where they are built, or on the device they move to."""
+    need = network_bytes(config, data, family.num_params)
+    for where in dict.fromkeys(["cpu", data.x["train"].device.type]):
+        have = available_bytes(where)
+        if have is not None and need > TABLE_FRACTION * have:
+            raise ConfigError(
+                f"model: the networks need {need / 2**30:.2f} GiB with their gradients and "
+                f"Adam's moments, but {where} has {have / 2**30:.2f} GiB available; use a smaller "
+                "model.latent_dim, model.hidden or model.channels"
+            )
+
+
 def build_model(config: Config, data: Data, shard: Shard = WHOLE) -> LatentVariableModel:
-    """The model of `config`; a per-datapoint table holds only the rows of `shard` (all by default)."""
-    decoder = build_decoder(config.model, data.data_dim, data.image_shape)
+    """The model of `config`; a per-datapoint table holds only the rows of `shard` (all by default).
+    Its memory is checked before anything is allocated (`check_networks_fit`, `check_table_fits`)."""
     family = build_family(config.inference.family, config.model.latent_dim, config.inference)
+    check_networks_fit(config, data, family)
+    decoder = build_decoder(config.model, data.data_dim, data.image_shape)
     kind = config.inference.kind
     if kind == InferenceKind.local:
         num_rows = shard.num_rows(data.num_train)

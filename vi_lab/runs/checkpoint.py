@@ -4,8 +4,16 @@ A checkpoint is a plain dict of tensors and primitives (state dicts, the resolve
 config as a dict, the RNG state and the position in training), so it loads without
 unpickling code. A write goes to a temp file (fsync, then rename: POSIX rename is
 atomic), with SIGINT/SIGTERM deferred until it is whole (`stopping.signals_deferred`);
-the checkpoint it replaces becomes checkpoint.prev.pt. Reading falls back to that
-previous checkpoint, with a warning, when the newest one is corrupt, truncated or empty.
+the checkpoint it replaces becomes checkpoint.prev.pt. Every file written gets a sidecar,
+FILE.sha256, holding the SHA-256 digest of its bytes (hashed as they are written, and itself
+written atomically once the file is in place), and reading verifies it: bytes changed on disk
+after the write are found, not loaded (a file without a sidecar, from an older version or a
+crash between the two renames, is read unverified: the rename made it whole). Reading falls
+back to the previous checkpoint, with a warning, when the newest one fails its digest or is
+corrupt, truncated or empty. A failed write (disk full, any OSError) raises
+`CheckpointWriteError` naming the path and the size it needed; the temp file is removed and
+the checkpoints already on disk are untouched. A write first checks that the file system has
+room for it.
 
 A run under torchrun keeps its per-datapoint table sharded (`vi_lab.distributed.Shard`):
 each rank writes its rows, their global indices and its RNG state to
@@ -21,6 +29,8 @@ reshards too, but only contiguous blocks of DTensors: the table's rows are inter
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
 import shutil
@@ -37,11 +47,17 @@ from vi_lab.runs.stopping import signals_deferred
 FILENAME = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 SHARDS = "shards"
+DIGEST_SUFFIX = ".sha256"
 REQUIRED_KEYS = ("model", "config", "position")
 
 
 class CheckpointError(ValueError):
     """No readable checkpoint, or one that cannot be used; the message says which file and why."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, a folder in the way, ...): the message says
+    where and why; the checkpoints written before are intact."""
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -121,6 +137,7 @@ def load_model_state(
     for rank in range(saved_world):
         path = folder / f"rank{rank}-of-{saved_world}.pt"
         try:
+            verify_digest(path)
             part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # reads rows lazily
         except Exception as error:
             problem = _first_line(error)
@@ -156,20 +173,114 @@ def _remove_unnamed_shards(run_dir: Path, keep: set[str | None]) -> None:
 
 
 def _write(payload: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
-    """torch.save through a temp file, fsync and rename; the replaced file becomes PREVIOUS."""
+    """torch.save through a temp file, fsync and rename; the replaced file (and its digest)
+    becomes PREVIOUS; then the digest of the new file is written beside it."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    needed = _payload_bytes(payload)
     try:
+        free = shutil.disk_usage(path.parent).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"only {_megabytes(free)} free")
         # os.open honours the umask (mkstemp would make the file 0600, unlike its neighbours)
         with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as file:
-            torch.save(payload, file)
+            hashing = _HashingWriter(file)
+            try:
+                torch.save(payload, hashing)
+            except RuntimeError:  # torch's zip writer turns the OSError of a write into this
+                if hashing.error is not None:
+                    raise hashing.error from None
+                raise
             file.flush()
             os.fsync(file.fileno())
         if keep_previous and path.exists():
-            os.replace(path, path.with_name(PREVIOUS))
+            previous = path.with_name(PREVIOUS)
+            os.replace(path, previous)
+            if _digest_path(path).exists():
+                os.replace(_digest_path(path), _digest_path(previous))
+            else:
+                _digest_path(previous).unlink(missing_ok=True)  # an older digest must not stay with it
         os.replace(temp, path)
+        _write_digest(path, hashing.digest.hexdigest())
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        reason = error.strerror or type(error).__name__
+        raise CheckpointWriteError(
+            f"{path}: the checkpoint could not be written ({reason}; it needs about {_megabytes(needed)}); "
+            "the checkpoints written before are intact"
+        ) from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+class _HashingWriter:
+    """The file object torch.save writes to (sequentially): hashes the bytes on their way and
+    keeps the OSError of a failed write, which torch reports as a RuntimeError."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.digest, self.error = file, hashlib.sha256(), None
+
+    def write(self, data: bytes) -> int:
+        try:
+            written = self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+        self.digest.update(data)
+        return written
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def _write_digest(path: Path, digest: str) -> None:
+    """FILE.sha256 (the hex digest, so that it stays true when the file is renamed) through a
+    temp file and rename."""
+    target = _digest_path(path)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "w") as file:
+            file.write(f"{digest}\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def verify_digest(path: Path) -> None:
+    """CheckpointError when `path`'s bytes differ from the digest recorded beside it (none: no check)."""
+    sidecar = _digest_path(path)
+    if not sidecar.is_file():
+        return
+    recorded = sidecar.read_text().split()[:1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    if recorded != [digest.hexdigest()]:
+        raise CheckpointError(
+            f"its bytes do not match the SHA-256 digest in {sidecar.name} (changed on disk)"
+        )
+
+
+def _payload_bytes(payload: Any) -> int:
+    """The bytes of the tensors in a (nested) payload: about the size of its file."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, dict):
+        return sum(_payload_bytes(value) for value in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(_payload_bytes(value) for value in payload)
+    return 0
+
+
+def _megabytes(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.1f} MB"
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -182,6 +293,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     if path.is_dir():
         path = path / FILENAME
     candidates = [path, path.with_name(PREVIOUS)]
+    for candidate in candidates:
+        if candidate.exists() and not candidate.is_file():
+            raise CheckpointError(f"{candidate} is not a file: move it out of the run folder, then resume")
     if not any(candidate.is_file() for candidate in candidates):
         raise FileNotFoundError(f"no checkpoint at {path}: is this a run folder written by `vi-lab train`?")
     problems = []
@@ -216,6 +330,7 @@ def non_finite_parameters(state_dict: dict[str, torch.Tensor]) -> list[str]:
 def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError("empty file")
+    verify_digest(path)
     state = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(state, dict) or not all(key in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"not a vi_lab checkpoint (needs {', '.join(REQUIRED_KEYS)})")

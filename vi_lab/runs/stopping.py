@@ -10,12 +10,13 @@ critical sections). So:
   it raises `Terminated`, a KeyboardInterrupt, so the same handlers save and stop;
 - `signals_deferred()` (around a checkpoint write) only records a signal, and raises it
   once the write has completed, so the file on disk is always whole;
-- `signals_recorded()` only records signals, for a caller that stops where it can: under
-  torchrun every rank must stop at the same step, which `agreed_stops()` has the ranks
-  agree on after each step.
+- `signals_recorded()` only records signals, for a caller that stops where it can:
+  `agreed_stops()` (around the training loop) acts on them after each whole step, its
+  position update included, so that a checkpoint never holds half a step; under torchrun
+  the ranks agree on the stop, so that every rank stops after the same step.
 
 Signal handlers belong to the process and run in the main thread; in any other thread
-both context managers do nothing.
+these context managers do nothing.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def _in_main_thread() -> bool:
 
 @contextmanager
 def _handlers(handler: Callable[[int, FrameType | None], Any], signals: tuple[int, ...]) -> Iterator[None]:
-    previous = {number: signal.signal(number, handler) for number in signals}
+    """`handler` for `signals` during the block, except those ignored (SIG_IGN): a shell starts
+    a background job with SIGINT ignored, so that Ctrl-C at the terminal leaves it alone."""
+    handled = [number for number in signals if signal.getsignal(number) != signal.SIG_IGN]
+    previous = {number: signal.signal(number, handler) for number in handled}
     try:
         yield
     finally:
@@ -86,19 +90,23 @@ def signals_recorded() -> Iterator[list[int]]:
 
 @contextmanager
 def agreed_stops() -> Iterator[Callable[[], None]]:
-    """A `check()` to call after every training step. Under torchrun signals are only
-    recorded, and `check` (a collective) raises the stop on every rank after the same step,
-    so that all join the checkpoint. In one process signals raise where they land (under
-    `graceful_stop`) and `check` is idle."""
-    if distributed.world_size() == 1:
-        yield lambda: None
-        return
+    """A `check()` to call between training steps: SIGINT/SIGTERM are only recorded in the
+    block, and `check` raises the stop (`stop_for`) once one has arrived. Under torchrun
+    `check` is a collective, so every rank stops after the same step and all join the
+    checkpoint; in one process it reads the record."""
     with signals_recorded() as received:
+        if distributed.world_size() == 1:
 
-        def check() -> None:
-            signum = int(distributed.all_max(float(max(received, default=0))))  # SIGTERM over SIGINT
-            if signum:
-                raise stop_for(signum)
+            def check() -> None:
+                if received:
+                    raise stop_for(max(received))  # SIGTERM over SIGINT
+
+        else:
+
+            def check() -> None:
+                signum = int(distributed.all_max(float(max(received, default=0))))  # SIGTERM over SIGINT
+                if signum:
+                    raise stop_for(signum)
 
         yield check
 

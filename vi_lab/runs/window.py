@@ -3,8 +3,9 @@
 Each step only stacks the per-example sums of its logged terms on the device; the
 finiteness check and the reductions (and the device synchronization they cost) happen
 in `flush`, once per `train.log_every` steps; under torchrun the sums are added over the
-ranks there (each rank logs its rows of the global batch). The running sums of the epoch in progress
-are part of the checkpoint, so a run resumed mid-epoch still reports the whole epoch.
+ranks there (each rank logs its rows of the global batch). The running sums of the epoch in progress,
+and the steps since the last flush, are part of the checkpoint, so a run resumed mid-epoch
+reports the whole epoch with the numbers of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -43,18 +44,26 @@ class MetricWindow:
     def flush(self) -> dict[str, float]:
         """Per-example means of the window's terms, added to the epoch's sums; raises
         `NonFiniteStep` (keeping nothing) when a step logged a NaN or an infinity."""
-        if not self.rows:
+        rows = self.pending()
+        if rows is None:
             return {}
-        rows = distributed.all_sum(torch.stack(self.rows))  # (W, T), sums over the global batches
-        finite = torch.isfinite(rows).all(1)  # (W,)
-        if not bool(finite.all()):
-            raise NonFiniteStep(len(self.rows) - 1 - int((~finite).nonzero()[0]))
         sums = rows.sum(0)  # (T,)
         self.epoch_sums = sums if self.epoch_sums is None else self.epoch_sums + sums
         self.epoch_count += self.count
         means = dict(zip(self.names, (sums / self.count).tolist(), strict=True))
         self.rows, self.count = [], 0
         return means
+
+    def pending(self) -> Tensor | None:
+        """The sums of the steps since the last flush over the global batches, (W, T) (None
+        when there are none; a collective otherwise); `NonFiniteStep` when one is not finite."""
+        if not self.rows:
+            return None
+        rows = distributed.all_sum(torch.stack(self.rows))  # (W, T)
+        finite = torch.isfinite(rows).all(1)  # (W,)
+        if not bool(finite.all()):
+            raise NonFiniteStep(len(self.rows) - 1 - int((~finite).nonzero()[0]))
+        return rows
 
     def start_epoch(self) -> None:
         self.epoch_sums, self.epoch_count = None, 0
@@ -66,12 +75,31 @@ class MetricWindow:
         return dict(zip(self.names, (self.epoch_sums / self.epoch_count).tolist(), strict=True))
 
     def state(self) -> dict[str, Any] | None:
-        """The epoch's sums for a checkpoint (None when no step was flushed)."""
-        if self.epoch_sums is None:
+        """The epoch's sums and the steps not yet flushed, for a checkpoint (None: no step yet).
+
+        Keeping the unflushed steps (rather than flushing them early) makes a run stopped
+        between log points add the same numbers in the same order once resumed. A collective
+        while steps are pending; `NonFiniteStep` when one is not finite, so that nothing a
+        non-finite step touched is saved."""
+        rows = self.pending()
+        if self.epoch_sums is None and rows is None:
             return None
-        return {"names": self.names, "sums": self.epoch_sums.cpu(), "count": self.epoch_count}
+        return {
+            "names": self.names,
+            "sums": None if self.epoch_sums is None else self.epoch_sums.cpu(),
+            "count": self.epoch_count,
+            "rows": None if rows is None else rows.cpu(),  # (W, T), summed over the ranks
+            "rows_count": self.count,
+        }
 
     def restore(self, state: dict[str, Any] | None, device: torch.device) -> None:
-        if state is not None:
-            self.names, self.epoch_count = state["names"], state["count"]
-            self.epoch_sums = state["sums"].to(device)
+        """The sums of a checkpoint (`state()`); the pending steps go to rank 0, being the
+        sums over all ranks already, so that the next flush adds them once."""
+        if state is None:
+            return
+        self.names, self.epoch_count = state["names"], state["count"]
+        self.epoch_sums = None if state["sums"] is None else state["sums"].to(device)
+        rows = state.get("rows")  # absent from checkpoints written before pending steps were kept
+        if rows is not None:
+            rows = rows.to(device) if distributed.is_main() else torch.zeros_like(rows, device=device)
+            self.rows, self.count = list(rows), state["rows_count"]

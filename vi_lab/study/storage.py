@@ -13,7 +13,10 @@ First start. Optuna's RDBStorage creates its tables (and PostgreSQL enum types) 
 opened; two workers doing that at once on a fresh database collide (a UniqueViolation on
 `CREATE TYPE`). On PostgreSQL every worker therefore opens the storage and creates the study
 under one advisory lock (https://www.postgresql.org/docs/current/explicit-locking.html#ADVISORY-LOCKS),
-so the first creates everything and the others find it made.
+so the first creates everything and the others find it made. SQLite has no such lock: there
+they take turns through an OS lock on a file beside the database, study.db.lock (the first
+invocation creating the tables raced the second: a UNIQUE constraint failed on
+`alembic_version`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
+from vi_lab.runs.lock import file_lock
 from vi_lab.study.config import HeartbeatConfig, StudyConfig
 
 STORAGE_ENV = "VI_LAB_STORAGE"
@@ -84,8 +88,13 @@ class StorageLocation:
 
     @contextmanager
     def setting_up(self) -> Iterator[None]:
-        """Serialize first-time set-up among workers (PostgreSQL); turn connection errors into one line."""
+        """Serialize first-time set-up among workers (PostgreSQL, SQLite); turn connection errors into
+        one line."""
         try:
+            if self.url is not None and self.backend == "sqlite":
+                with self._sqlite_lock():
+                    yield
+                return
             if self.url is None or self.backend != "postgresql":
                 yield
                 return
@@ -106,6 +115,17 @@ class StorageLocation:
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
             reason = " ".join(str(error.orig or error).split())
             raise StorageError(f"cannot open storage {self.describe()}: {reason}") from None
+
+    @contextmanager
+    def _sqlite_lock(self) -> Iterator[None]:
+        """Hold DATABASE.lock (`runs.lock.file_lock`), where the database's folder exists."""
+        database = sqlalchemy.engine.make_url(self.url).database
+        folder = Path(database).parent if database and database != ":memory:" else None
+        if folder is None or not folder.is_dir():
+            yield  # in memory, or no folder: opening the storage will say what is wrong
+            return
+        with file_lock(Path(f"{database}.lock")):
+            yield
 
     @property
     def backend(self) -> str:
