@@ -301,10 +301,11 @@ class AISConfig:
     num_steps: int = 500
     num_leapfrog: int = 10
     num_chains: int = 16
-    step_size: float = 0.05
+    pilot_chains: int = 4  # separate chains that tune the step sizes, then frozen (evaluation/ais.py)
+    step_size: float = 0.05  # the pilots' first step size
 
     def check(self) -> None:
-        for key in ("num_steps", "num_leapfrog", "num_chains"):
+        for key in ("num_steps", "num_leapfrog", "num_chains", "pilot_chains"):
             require(getattr(self, key) > 0, key, "must be positive")
         require(self.step_size > 0, "step_size", "must be positive")
 

@@ -312,6 +312,7 @@ def _log_marginal(
             num_steps=ais.num_steps,
             num_leapfrog=ais.num_leapfrog,
             num_chains=ais.num_chains,
+            pilot_chains=ais.pilot_chains,
             step_size=ais.step_size,
             memory_budget_mb=budget,
         )
