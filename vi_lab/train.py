@@ -300,7 +300,12 @@ def _flush(run: _Run) -> dict[str, float]:
 def _end_epoch(run: _Run, epoch_started: float) -> dict[str, Any]:
     config, position = run.config, run.position
     epoch = position.epoch + 1
-    entry: dict[str, Any] = {"epoch": epoch, "step": position.step, "train_seconds": position.step_seconds}
+    entry: dict[str, Any] = {
+        "epoch": epoch,
+        "step": position.step,
+        "train_seconds": position.step_seconds,
+        "examples": position.examples,
+    }
     entry.update({f"train_{name}": value for name, value in run.window.epoch_means().items()})
     run.model.eval()
     with torch.random.fork_rng():  # measurements draw their own numbers: training's stream is untouched

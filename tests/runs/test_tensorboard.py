@@ -160,7 +160,8 @@ def test_one_experiment_per_log_root(log_root: Path, tmp_path: Path) -> None:
 
 
 def test_evaluate_writes_figures_as_png(log_root: Path) -> None:
-    out = log_root / "amortized" / "eval"
+    latest = json.loads((log_root / "amortized" / "eval" / "gaps.json").read_text())
+    out = log_root / "amortized" / "eval" / latest["evaluation"]
     for name in ("test_gaps", "test_bounds", "gap_curves"):
         with Image.open(out / f"{name}.png") as image:
             assert image.format == "PNG" and image.width >= 300 and image.height >= 200
