@@ -381,6 +381,9 @@ class TrainConfig:
     log_every: int = 50  # steps between scalar logs
     num_images: int = 64  # reconstructions and prior samples shown per validation
     valid_every: int = 1  # epochs between validations (the last epoch is always validated)
+    # also validate every this many decoder steps (0: off): a schedule that runs of different
+    # lengths and epoch sizes share, so that `vi-lab compare` finds them at equal budgets
+    valid_every_steps: int = 0
     valid_num_points: int = 200  # the fixed validation subset: the first points of the split
     valid_num_samples: int = 500  # K of the importance-weighted log p(x) at validation
     gaps_every: int = 0  # epochs between row-gap measurements on training points (0: never)
@@ -396,6 +399,7 @@ class TrainConfig:
         require(0 <= self.lr_min <= self.lr, "lr_min", "must lie in [0, train.lr]")
         require(self.kl_warmup_epochs >= 0, "kl_warmup_epochs", "must be >= 0")
         require(self.gaps_every >= 0, "gaps_every", "must be >= 0")
+        require(self.valid_every_steps >= 0, "valid_every_steps", "must be >= 0 (0: off)")
         require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0: no clipping)")
 
 

@@ -47,7 +47,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vi_lab import distributed
-from vi_lab.config import Config, Precision, flatten, save_config, to_dict
+from vi_lab.config import Config, Precision, TrainConfig, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.evaluation.validation import (
     VALID_KEYS,
@@ -274,6 +274,10 @@ def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int, check_stop: Callabl
             for name, value in {**means, "beta": beta, "lr": run.optimizer.param_groups[0]["lr"]}.items():
                 run.scalar(f"train/{name}", value)
             bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
+        if _on_step_schedule(train, position.step) and position.batch < steps_per_epoch:
+            position.step_seconds += time.perf_counter() - started  # validation is off the clock
+            _validate_mid_epoch(run, steps_per_epoch)
+            started = time.perf_counter()
         check_stop()
     _flush(run)
     position.step_seconds += time.perf_counter() - started
@@ -310,7 +314,11 @@ def _end_epoch(run: _Run, epoch_started: float) -> dict[str, Any]:
     run.model.eval()
     with torch.random.fork_rng():  # measurements draw their own numbers: training's stream is untouched
         torch.manual_seed(config.seed + epoch)
-        if epoch % config.train.valid_every == 0 or epoch == config.train.epochs:
+        if (
+            epoch % config.train.valid_every == 0
+            or epoch == config.train.epochs
+            or _on_step_schedule(config.train, position.step)
+        ):
             entry.update(_validate(run))
         if config.train.gaps_every and epoch % config.train.gaps_every == 0:
             entry.update(_row_gap(run))
@@ -326,6 +334,28 @@ def _end_epoch(run: _Run, epoch_started: float) -> dict[str, Any]:
         if distributed.is_main():
             write_json(metrics, run.run_dir / "metrics.json")
     return metrics
+
+
+def _on_step_schedule(train: TrainConfig, step: int) -> bool:
+    """Whether `train.valid_every_steps` asks for a validation after this decoder step."""
+    return train.valid_every_steps > 0 and step % train.valid_every_steps == 0
+
+
+def _validate_mid_epoch(run: _Run, steps_per_epoch: int) -> None:
+    """A validation between two steps of an epoch, as its own history entry (epoch fractional)."""
+    position = run.position
+    entry: dict[str, Any] = {
+        "epoch": round(position.epoch + position.batch / steps_per_epoch, 4),
+        "step": position.step,
+        "train_seconds": position.step_seconds,
+        "examples": position.examples,
+    }
+    run.model.eval()
+    with torch.random.fork_rng():  # as at an epoch's end: training's stream is untouched
+        torch.manual_seed(run.config.seed + position.step)
+        entry.update(_validate(run))
+    run.model.train()
+    run.history.append(entry)
 
 
 def _validate(run: _Run) -> dict[str, float]:

@@ -192,3 +192,39 @@ def test_unconverged_refinement_is_warned_recorded_and_marked(runs, tmp_path):
         ]
         == 0.0
     )
+
+
+def test_a_shared_step_schedule_puts_runs_of_different_lengths_at_measured_equal_budgets(tmp_path):
+    """Two runs of 1 and 2 epochs (11 steps each), validated every 4 decoder steps besides the
+    last epoch: both are validated at steps 4 and 8, and compare shows them there, measured.
+    Negative control: with only the last epoch validated, the long run has no measure at
+    the short run's end (step 11)."""
+    histories = {}
+    for epochs, schedule in ((1, 4), (2, 4), (2, 0)):
+        config = load_config(
+            ROOT / "configs" / "linear_gaussian.yaml",
+            [
+                "progress=false",
+                f"train.epochs={epochs}",
+                "train.valid_every=100",
+                f"train.valid_every_steps={schedule}",
+                "train.valid_num_points=20",
+                "data.synthetic.num_points=1400",
+            ],
+        )
+        metrics = train(config, tmp_path / f"{epochs}-{schedule}")
+        histories[epochs, schedule] = metrics["history"]
+    validated = [e["step"] for e in histories[2, 4] if "valid_log_px" in e]
+    assert validated == [4, 8, 12, 16, 20, 22]  # the schedule, and the last epoch's end
+    epochs = [e["epoch"] for e in histories[2, 4] if e["step"] in (4, 12)]
+    assert epochs == pytest.approx([4 / 11, 1 + 1 / 11], abs=1e-4)  # fractions of an epoch
+    assert [e["step"] for e in histories[2, 4] if "train_elbo" in e] == [11, 22]  # epoch ends as before
+    for key in ("amortization_gap", "approximation_gap"):  # the gap curves' error bars
+        assert all(e[f"valid_{key}_se"] > 0 for e in histories[2, 4] if "valid_log_px" in e)
+    rows = budget_rows([histories[1, 4], histories[2, 4]], ["short", "long"])
+    steps = [row for row in rows if row["clock"] == "step"]
+    assert steps[0]["budget"] == 8 and [v["how"] for v in steps[0]["runs"]] == ["measured", "measured"]
+
+    rows = budget_rows([histories[1, 4], histories[2, 0]], ["short", "epochs only"])
+    steps = [row for row in rows if row["clock"] == "step"]
+    assert steps[0]["budget"] == 11 and [v["how"] for v in steps[0]["runs"]] == ["measured", "not measured"]
