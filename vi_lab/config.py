@@ -90,6 +90,8 @@ class FamilyName(str, Enum):
 class Estimator(str, Enum):
     iwae = "iwae"
     ais = "ais"
+    # both on the same points; the tighter of the two means is log p(x) (Cremer et al. 2018)
+    best = "best"
 
 
 class RefineInit(str, Enum):

@@ -15,7 +15,7 @@ from tests.linear_gaussian import (
     error_and_standard_error,
     prior,
 )
-from vi_lab.evaluation.ais import SCHEDULES, _anneal, ais_log_marginal, annealing_schedule
+from vi_lab.evaluation.ais import SCHEDULES, ais_log_marginal, anneal, annealing_schedule
 from vi_lab.evaluation.iwae import iwae_log_marginal
 
 
@@ -66,8 +66,8 @@ def test_estimating_chains_use_the_given_step_sizes() -> None:
     betas = annealing_schedule(30)
     args = (decoder, DIAGONAL, x, best_q(decoder, x), betas, 2)
     with torch.no_grad():
-        _, tuned = _anneal(*args, 4, 0.05, 0.65)
-        _, used = _anneal(*args, 16, tuned, 0.65)
+        _, tuned = anneal(*args, 4, 0.05, 0.65)
+        _, used = anneal(*args, 16, tuned, 0.65)
     assert tuned.shape == (29, 8) and not torch.equal(tuned[0], tuned[-1])
     assert torch.equal(used, tuned)
 

@@ -8,11 +8,12 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vi_lab.cli import main
 from vi_lab.config import load_config
-from vi_lab.evaluation.compare import budget_rows, comparison, value_at
+from vi_lab.evaluation.compare import _warnings, budget_rows, comparison, value_at
 from vi_lab.evaluation.evaluate import evaluate_run
 from vi_lab.evaluation.stored import run_evaluations
 from vi_lab.train import train
@@ -228,3 +229,40 @@ def test_a_shared_step_schedule_puts_runs_of_different_lengths_at_measured_equal
     rows = budget_rows([histories[1, 4], histories[2, 0]], ["short", "epochs only"])
     steps = [row for row in rows if row["clock"] == "step"]
     assert steps[0]["budget"] == 11 and [v["how"] for v in steps[0]["runs"]] == ["measured", "not measured"]
+
+
+def test_estimator_best_reports_the_tighter_mean_of_both(runs, tmp_path):
+    best = tmp_path / "best"
+    shutil.copytree(runs["a"], best)
+    settings = [*VALID_AIS[:2], "estimator=best", "num_samples=50", *VALID_AIS[3:]]
+    summary = evaluate_run(best, settings, progress=False)
+    assert summary["evaluation"] == "valid-best50+2x10-n20"
+    points = run_evaluations(best)["valid-best50+2x10-n20"].points()
+    tighter = "ais" if points["log_px_ais"].mean() > points["log_px_iwae"].mean() else "iwae"
+    assert summary["estimator"] == f"best: {tighter}"
+    assert np.array_equal(points["log_px"], points[f"log_px_{tighter}"])  # one estimator, not a per-point max
+    assert summary["ais_minus_iwae"] == pytest.approx((points["log_px_ais"] - points["log_px_iwae"]).mean())
+
+
+def _summary(estimator: str, difference: float, se: float) -> dict:
+    return {
+        "estimator": estimator,
+        "ais_minus_iwae": difference,
+        "ais_minus_iwae_se": se,
+        "refine_num_capped": 0,
+        "num_points": 100,
+    }
+
+
+def test_compare_warns_when_iwae_is_looser_for_one_run():
+    """AIS − IWAE of 0.96 ± 0.09 against 0.17 ± 0.02 (the issue's Fashion-MNIST figures): warned.
+    Negative control: 0.20 ± 0.05 against 0.17 ± 0.02 agree within their errors."""
+    amortized = {"run": "amortized", "summary": _summary("best: ais", 0.17, 0.02)}
+    local = {"run": "local", "summary": _summary("best: ais", 0.96, 0.09)}
+    (warning,) = _warnings([amortized, local])
+    assert warning.startswith("AIS − IWAE is 0.17 ± 0.02 for amortized but 0.96 ± 0.09 for local")
+    close = {"run": "close", "summary": _summary("best: ais", 0.20, 0.05)}
+    assert _warnings([amortized, close]) == []
+    other = {"run": "other", "summary": _summary("best: iwae", 0.20, 0.05)}
+    (warning,) = _warnings([amortized, other])
+    assert warning.startswith("log p(x) comes from different estimators")

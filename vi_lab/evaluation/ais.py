@@ -112,7 +112,7 @@ def _hmc_move(
     return _Chains(*kept), accept
 
 
-def _anneal(
+def anneal(
     decoder: Decoder,
     family: Family,
     x: Tensor,
@@ -122,14 +122,19 @@ def _anneal(
     num_chains: int,
     step_sizes: Tensor | float,
     target_acceptance: float,
+    start: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run num_chains chains per point through the schedule; returns their log weights (C, B)
-    and the step size of each of the T - 1 moves of each point, (T - 1, B).
+    """Run num_chains chains per point through the schedule betas; returns their log weights
+    sum_t (beta_t - beta_{t-1}) w(u_{t-1}), (C, B), and the step size of each of the T - 1
+    moves of each point, (T - 1, B).
 
     `step_sizes` (T - 1, B) are used as given (frozen kernels); a float starts every point's
-    step size there and adapts it to the chains' own acceptance rate (the pilots).
+    step size there and adapts it to the chains' own acceptance rate (the pilots). The chains
+    start at `start` (C, B, D), in q's noise coordinates, else from N(0, I) (z ~ q). The
+    schedule may run backwards (from 1 to 0: the reverse chains of `bdmc.py`).
     """
-    start = torch.randn((num_chains, x.shape[0], family.latent_dim), dtype=x.dtype, device=x.device)
+    if start is None:
+        start = torch.randn((num_chains, x.shape[0], family.latent_dim), dtype=x.dtype, device=x.device)
     chains = _evaluate(decoder, family, x, params, start)
     log_w = torch.zeros_like(chains.w)  # (C, B)
     frozen = isinstance(step_sizes, Tensor)
@@ -144,7 +149,7 @@ def _anneal(
         if not frozen:
             rate = accept.to(x.dtype).mean(0)  # (B,)
             eps = eps * torch.where(rate > target_acceptance, 1.02, 0.98)
-    log_w += (1.0 - betas[-2]) * chains.w
+    log_w += (betas[-1] - betas[-2]) * chains.w
     return log_w, torch.stack(used) if used else x.new_zeros(0, x.shape[0])
 
 
@@ -163,8 +168,8 @@ def _ais_chunk(
     """AIS estimate (B,) for the points of one chunk: pilots tune the step sizes, then the
     estimating chains (all batched) run with them frozen."""
     run = (decoder, family, x, params, betas, num_leapfrog)
-    _, step_sizes = _anneal(*run, pilot_chains, step_size, target_acceptance)
-    log_w, _ = _anneal(*run, num_chains, step_sizes, target_acceptance)
+    _, step_sizes = anneal(*run, pilot_chains, step_size, target_acceptance)
+    log_w, _ = anneal(*run, num_chains, step_sizes, target_acceptance)
     return torch.logsumexp(log_w, 0) - math.log(num_chains)  # (B,)
 
 

@@ -15,7 +15,10 @@
   budget precedes its first validation. The standard error of an interpolated value is the
   same interpolation of the two standard errors, an upper bound whatever their correlation.
 - Warnings: runs whose refinement hit its step cap on more than `CAPPED_WARNING` of the
-  points (their L[q*] is understated).
+  points (their L[q*] is understated); with estimator best, runs whose log p(x) came from
+  different estimators, and runs whose AIS − IWAE differences disagree by more than
+  `DISAGREEMENT` standard errors of their difference: IWAE's looseness then depends on
+  the run, and gaps measured with it are not comparable.
 """
 
 from __future__ import annotations
@@ -159,8 +162,28 @@ def budget_rows(histories: list[list[dict[str, Any]]], names: list[str]) -> list
     return rows
 
 
+DISAGREEMENT = 2.0  # standard errors
+
+
 def _warnings(runs: list[dict[str, Any]]) -> list[str]:
     warnings = []
+    estimators = {run["run"]: run["summary"]["estimator"] for run in runs}
+    if len(set(estimators.values())) > 1:
+        listed = ", ".join(f"{name}: {estimator}" for name, estimator in estimators.items())
+        warnings.append(f"log p(x) comes from different estimators ({listed}): compare with estimator=ais")
+    first = runs[0]["summary"]
+    for run in runs[1:]:
+        summary = run["summary"]
+        if first.get("ais_minus_iwae") is None or summary.get("ais_minus_iwae") is None:
+            continue
+        spread = math.hypot(first["ais_minus_iwae_se"], summary["ais_minus_iwae_se"])
+        if abs(summary["ais_minus_iwae"] - first["ais_minus_iwae"]) > DISAGREEMENT * spread:
+            warnings.append(
+                f"AIS − IWAE is {first['ais_minus_iwae']:.2f} ± {first['ais_minus_iwae_se']:.2f} for "
+                f"{runs[0]['run']} but {summary['ais_minus_iwae']:.2f} ± {summary['ais_minus_iwae_se']:.2f} "
+                f"for {run['run']}: IWAE is looser for one of them, so gaps measured with it are not "
+                "comparable (use the AIS figures)"
+            )
     for run in runs:
         summary = run["summary"]
         capped = summary["refine_num_capped"] / summary["num_points"]

@@ -47,6 +47,7 @@ ROWS = [
     ("inferred_gap", "gap after own inference"),
     ("approximation_gap", "approximation gap"),
     ("inference_gap", "inference gap"),
+    ("ais_minus_iwae", "AIS − IWAE (same points)"),  # estimator best only
 ]
 
 

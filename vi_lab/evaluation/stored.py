@@ -48,10 +48,10 @@ class Evaluation:
 
 def evaluation_name(config: EvalConfig, num_points: int, own_family: str) -> str:
     """The folder name of an evaluation with these settings on num_points points."""
-    if config.estimator == Estimator.ais:
-        size = f"{config.ais.num_chains}x{config.ais.num_steps}"
-    else:
-        size = str(config.num_samples)
+    ais = f"{config.ais.num_chains}x{config.ais.num_steps}"
+    size = {Estimator.iwae: str(config.num_samples), Estimator.ais: ais}.get(
+        config.estimator, f"{config.num_samples}+{ais}"
+    )
     extra = [f.value for f in FamilyName if f in config.families and f.value != own_family]
     return _name(config.split, f"{config.estimator.value}{size}", num_points, config.init.value, extra)
 
