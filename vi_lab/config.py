@@ -97,6 +97,7 @@ class Estimator(str, Enum):
 class RefineInit(str, Enum):
     auto = "auto"  # the encoder where there is one, else the prior
     prior = "prior"
+    best = "best"  # from both the encoder's q and the prior, the better L[q*] per point
 
 
 def require(condition: bool, key: str, message: str) -> None:

@@ -12,7 +12,8 @@ L[q*] comes from test-time refinement (`inference/refine.py`) in the run's own f
 on request (`eval.families`), in other families on the same points, giving Cremer et al.'s
 Table 2: L[q*_F] per family F, with approximation gap log p(x) - L[q*_F] and amortization
 gap L[q*_F] - L[q]. The run's own family is refined from the posterior's guess (or the
-prior, `eval.init`), every other family from the prior. log p(x) comes from the
+prior, `eval.init`; with `best`, from both, keeping per point the q* with the better bound,
+whose ELBO is then estimated afresh), every other family from the prior. log p(x) comes from the
 importance-weighted bound (`iwae.py`) or AIS (`ais.py`) with, per point, the refined q of
 the family with the best L[q*] as proposal; `log_px_exact` from the closed form
 (linear-Gaussian) or quadrature (a 2-D latent, `quadrature.py`). Means are per datapoint
@@ -92,6 +93,7 @@ class GapReport:
     num_samples: int
     log_px_iwae: Tensor | None = None  # (N,) with estimator best: both estimates, per point
     log_px_ais: Tensor | None = None
+    encoder_start_won: Tensor | None = None  # (N,) with init best (and an encoder): 1 where it won
 
     @property
     def own(self) -> Refinement:
@@ -118,6 +120,8 @@ class GapReport:
         if self.log_px_ais is not None and self.log_px_iwae is not None:
             values["log_px_iwae"], values["log_px_ais"] = self.log_px_iwae, self.log_px_ais
             values["ais_minus_iwae"] = self.log_px_ais - self.log_px_iwae
+        if self.encoder_start_won is not None:
+            values["encoder_start_won"] = self.encoder_start_won
         for name, refined in self.refined.items():
             values[f"elbo_refined.{name}"] = refined.elbo
             values[f"refine_steps.{name}"] = refined.steps
@@ -143,6 +147,9 @@ class GapReport:
             refine_seconds=own.seconds,
             log_px_seconds=self.log_px_seconds,
         )
+        if self.encoder_start_won is not None:  # init best: which start gave q* how often
+            won = int(self.encoder_start_won.sum().item())
+            result["init_wins"] = {"encoder": won, "prior": int(own.elbo.shape[0]) - won}
         if "log_px_exact_error" in points:
             result["log_px_exact_error_max"] = float(points["log_px_exact_error"].max())
         result["families"] = {}
@@ -266,11 +273,17 @@ def _measure_gaps(
     inferred = map_points(lambda x: posterior.infer(decoder, x), x, size=config.batch_size)
     with torch.no_grad():
         elbo_inferred = chunked_elbo(decoder, own, x, inferred, config.batch_size, ELBO_SAMPLES)
-    refined = {}
+    refined, encoder_start_won = {}, None
     for family in families:
-        start = (
-            guess if family is own and config.init != RefineInit.prior else family.prior(x.shape[0], x.device)
-        )
+        prior = family.prior(x.shape[0], x.device)
+        if family is own and config.init == RefineInit.best and posterior.amortized:
+            from_encoder = _refine_family(decoder, family, x, guess, config, progress)
+            from_prior = _refine_family(decoder, family, x, prior, config, progress)
+            refined[family.name], encoder_start_won = _better_start(
+                decoder, family, x, from_encoder, from_prior, config
+            )
+            continue
+        start = guess if family is own and config.init != RefineInit.prior else prior
         refined[family.name] = _refine_family(decoder, family, x, start, config, progress)
     started = time.perf_counter()
     with torch.no_grad():
@@ -311,6 +324,7 @@ def _measure_gaps(
         num_samples=config.ais.num_chains if config.estimator == Estimator.ais else num_samples,
         log_px_iwae=both.get(Estimator.iwae),
         log_px_ais=both.get(Estimator.ais),
+        encoder_start_won=encoder_start_won,
     )
 
 
@@ -322,6 +336,32 @@ def _refine_family(
     with torch.no_grad():
         elbo = chunked_elbo(decoder, family, x, refined.params, config.batch_size, ELBO_SAMPLES)
     return Refinement(elbo, refined.params, refined.steps, refined.capped, refined.seconds)
+
+
+def _better_start(
+    decoder: Decoder,
+    family: Family,
+    x: Tensor,
+    from_encoder: Refinement,
+    from_prior: Refinement,
+    config: EvalConfig,
+) -> tuple[Refinement, Tensor]:
+    """Per point, the q* with the larger L[q*] estimate, and where the encoder's start won, (N,).
+
+    The kept q*'s ELBO is estimated again on fresh samples: the larger of two noisy estimates
+    is biased upwards, a fresh estimate of the chosen q is not."""
+    won = from_encoder.elbo >= from_prior.elbo  # (N,)
+    params = torch.where(won[:, None], from_encoder.params, from_prior.params)  # (N, P)
+    with torch.no_grad():
+        elbo = chunked_elbo(decoder, family, x, params, config.batch_size, ELBO_SAMPLES)
+    kept = Refinement(
+        elbo,
+        params,
+        torch.where(won, from_encoder.steps, from_prior.steps),
+        torch.where(won, from_encoder.capped, from_prior.capped),
+        from_encoder.seconds + from_prior.seconds,
+    )
+    return kept, won.to(x.dtype)
 
 
 def _log_marginal(
