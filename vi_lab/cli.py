@@ -20,7 +20,8 @@ from pathlib import Path
 from vi_lab import __version__, distributed
 from vi_lab.config import ConfigError, config_yaml, from_dict, load_config, override
 from vi_lab.data.fashion_mnist import DataFileError
-from vi_lab.evaluation.evaluate import compare_runs, evaluate_run, format_table
+from vi_lab.evaluation.compare import compare_runs
+from vi_lab.evaluation.evaluate import evaluate_run, format_table
 from vi_lab.experiment import write_experiment_summary
 from vi_lab.runs.checkpoint import CheckpointWriteError, load_checkpoint
 from vi_lab.runs.folder import check_resumable, default_run_dir
@@ -91,17 +92,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     one_at_a_time = (run_dir / "config.yaml").is_file() and distributed.is_main()  # not beside another
     with folder_lock(run_dir, "being evaluated", EVAL_LOCKFILE) if one_at_a_time else nullcontext():
-        summary = evaluate_run(args.run_dir, args.overrides)
+        summary = evaluate_run(args.run_dir, args.overrides, overwrite=args.overwrite)
     if not distributed.is_main():
         return
     print(format_table([summary], [Path(args.run_dir).name]))
-    print(f"\nwritten: {Path(args.run_dir) / 'eval' / 'gaps.json'}, points.npz and figures (*.png)")
+    out = Path(args.run_dir) / "eval" / summary["evaluation"]
+    print(
+        f"\nwritten: {out / 'gaps.json'}, points.npz and figures (*.png); its summary also as eval/gaps.json"
+    )
 
 
 def _compare(args: argparse.Namespace) -> None:
     if args.figure is not None and (Path(args.figure).is_dir() or not Path(args.figure).parent.is_dir()):
         raise FileExistsError(f"--figure {args.figure}: name a PNG file in an existing folder")
-    print(compare_runs(args.run_dirs, args.figure))
+    print(compare_runs(args.run_dirs, args.figure, args.eval))
     if args.figure:
         print(f"\nwritten: {args.figure}")
 
@@ -332,14 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         "measure amortization and approximation gaps of a run",
         "Refines q* per held-out point with the decoder frozen and estimates log p(x) (IWAE or "
-        "AIS), then writes RUN/eval/gaps.json, points.npz, figures (PNG) and TensorBoard scalars, "
-        "histograms and figures. Settings are the run's `eval` section.",
+        "AIS), then writes RUN/eval/NAME/gaps.json, points.npz, figures (PNG), with NAME from the "
+        "settings (e.g. test-iwae5000-n1000), a copy of gaps.json as RUN/eval/gaps.json, and "
+        "TensorBoard scalars, histograms and figures. Settings are the run's `eval` section.",
         "vi-lab evaluate runs/try num_points=300 estimator=ais",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="eval settings (list them: --show-config)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an evaluation with the same settings")
     _show_config_flag(p)
     p.set_defaults(handler=_evaluate)
 
@@ -347,13 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "compare",
         "side-by-side gap table of evaluated runs (markdown)",
-        "Prints the training metrics and gaps of evaluated runs side by side, then their validation "
-        "measures at equal budgets (decoder steps, training seconds); --figure draws those curves. "
-        "It takes no key=value settings.",
+        "Prints the training metrics and gaps of evaluated runs side by side (one evaluation that "
+        "every run has: --eval names it), paired differences on the same points against the first "
+        "run, then validation measures at equal budgets (decoder steps, training seconds, examples "
+        "seen); --figure draws those curves. It takes no key=value settings.",
         "vi-lab compare runs/a runs/b --figure runs/budget.png",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--figure", metavar="PNG", help="also draw validation curves against steps and seconds")
+    p.add_argument(
+        "--eval", metavar="NAME", help="the evaluation to compare (RUN/eval/NAME), e.g. test-iwae5000-n1000"
+    )
     p.set_defaults(handler=_compare)
 
     p = _command(

@@ -90,11 +90,14 @@ class FamilyName(str, Enum):
 class Estimator(str, Enum):
     iwae = "iwae"
     ais = "ais"
+    # both on the same points; the tighter of the two means is log p(x) (Cremer et al. 2018)
+    best = "best"
 
 
 class RefineInit(str, Enum):
     auto = "auto"  # the encoder where there is one, else the prior
     prior = "prior"
+    best = "best"  # from both the encoder's q and the prior, the better L[q*] per point
 
 
 SEED_LIMIT = 2**32  # seeds are combined with steps and epochs (seed * 1_000_003 + step) in 64 bits
@@ -312,10 +315,11 @@ class AISConfig:
     num_steps: int = 500
     num_leapfrog: int = 10
     num_chains: int = 16
-    step_size: float = 0.05
+    pilot_chains: int = 4  # separate chains that tune the step sizes, then frozen (evaluation/ais.py)
+    step_size: float = 0.05  # the pilots' first step size
 
     def check(self) -> None:
-        for key in ("num_steps", "num_leapfrog", "num_chains"):
+        for key in ("num_steps", "num_leapfrog", "num_chains", "pilot_chains"):
             require(getattr(self, key) > 0, key, "must be positive")
         require(self.step_size > 0, "step_size", "must be positive")
 
@@ -390,6 +394,9 @@ class TrainConfig:
     log_every: int = 50  # steps between scalar logs
     num_images: int = 64  # reconstructions and prior samples shown per validation
     valid_every: int = 1  # epochs between validations (the last epoch is always validated)
+    # also validate every this many decoder steps (0: off): a schedule that runs of different
+    # lengths and epoch sizes share, so that `vi-lab compare` finds them at equal budgets
+    valid_every_steps: int = 0
     valid_num_points: int = 200  # the fixed validation subset: the first points of the split
     valid_num_samples: int = 500  # K of the importance-weighted log p(x) at validation
     gaps_every: int = 0  # epochs between row-gap measurements on training points (0: never)
@@ -405,6 +412,7 @@ class TrainConfig:
         require(0 <= self.lr_min <= self.lr, "lr_min", "must lie in [0, train.lr]")
         require(self.kl_warmup_epochs >= 0, "kl_warmup_epochs", "must be >= 0")
         require(self.gaps_every >= 0, "gaps_every", "must be >= 0")
+        require(self.valid_every_steps >= 0, "valid_every_steps", "must be >= 0 (0: off)")
         require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0: no clipping)")
 
 

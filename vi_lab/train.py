@@ -52,7 +52,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vi_lab import distributed
-from vi_lab.config import Config, Precision, flatten, save_config, to_dict
+from vi_lab.config import Config, Precision, TrainConfig, flatten, save_config, to_dict
 from vi_lab.data.datasets import Data, batches, epoch_generator, load_data, num_batches
 from vi_lab.evaluation import diagnostics as diagnosing
 from vi_lab.evaluation.validation import (
@@ -301,6 +301,10 @@ def _train_epoch(run: _Run, bar: tqdm, steps_per_epoch: int, check_stop: Callabl
             for name, value in {**means, "beta": beta, "lr": run.optimizer.param_groups[0]["lr"]}.items():
                 run.scalar(f"train/{name}", value)
             bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=position.epoch + 1)
+        if _on_step_schedule(train, position.step) and position.batch < steps_per_epoch:
+            position.step_seconds += time.perf_counter() - started  # validation is off the clock
+            _validate_mid_epoch(run, steps_per_epoch)
+            started = time.perf_counter()
         check_stop()
     _flush(run)
     position.step_seconds += time.perf_counter() - started
@@ -331,14 +335,19 @@ def _non_finite_loss(run: _Run, fault: NonFiniteStep) -> NonFiniteLossError:
 def _end_epoch(run: _Run, bar: tqdm, epoch_started: float) -> dict[str, Any]:
     config, position, train = run.config, run.position, run.config.train
     epoch = position.epoch + 1
-    entry: dict[str, Any] = {"epoch": epoch, "step": position.step, "train_seconds": position.step_seconds}
+    entry: dict[str, Any] = {
+        "epoch": epoch,
+        "step": position.step,
+        "train_seconds": position.step_seconds,
+        "examples": position.examples,
+    }
     entry.update({f"train_{name}": value for name, value in run.window.epoch_means().items()})
     at = f"{run.run_dir.name} epoch {epoch}/{train.epochs} step {position.step}"
     _say(bar, f"{at}: train ELBO {entry.get('train_elbo', float('nan')):.2f} ({_since(epoch_started)})")
     run.model.eval()
     with torch.random.fork_rng():  # measurements draw their own numbers: training's stream is untouched
         torch.manual_seed(config.seed + epoch)
-        if epoch % train.valid_every == 0 or epoch == train.epochs:
+        if epoch % train.valid_every == 0 or epoch == train.epochs or _on_step_schedule(train, position.step):
             started = time.perf_counter()
             num_points = min(train.valid_num_points, run.data.x["valid"].shape[0])
             with phase(bar, f"validating {num_points} points"):
@@ -373,6 +382,28 @@ def _say(bar: tqdm, line: str) -> None:
 
 def _since(started: float) -> str:
     return f"{time.perf_counter() - started:.1f} s"
+
+
+def _on_step_schedule(train: TrainConfig, step: int) -> bool:
+    """Whether `train.valid_every_steps` asks for a validation after this decoder step."""
+    return train.valid_every_steps > 0 and step % train.valid_every_steps == 0
+
+
+def _validate_mid_epoch(run: _Run, steps_per_epoch: int) -> None:
+    """A validation between two steps of an epoch, as its own history entry (epoch fractional)."""
+    position = run.position
+    entry: dict[str, Any] = {
+        "epoch": round(position.epoch + position.batch / steps_per_epoch, 4),
+        "step": position.step,
+        "train_seconds": position.step_seconds,
+        "examples": position.examples,
+    }
+    run.model.eval()
+    with torch.random.fork_rng():  # as at an epoch's end: training's stream is untouched
+        torch.manual_seed(run.config.seed + position.step)
+        entry.update(_validate(run))
+    run.model.train()
+    run.history.append(entry)
 
 
 def _validate(run: _Run) -> dict[str, float]:

@@ -152,7 +152,9 @@ def test_evaluate_under_torchrun_reproduces_the_single_process_report(job, kind,
     single = evaluate_run(single_dir, EVAL, progress=False)
     twin = json.loads((job / kind / "full" / "eval" / "gaps.json").read_text())
     assert twin["num_points"] == single["num_points"] == 100 and twin["split"] == single["split"]
-    points = [np.load(folder / "eval" / "points.npz") for folder in (job / kind / "full", single_dir)]
+    name = twin["evaluation"]
+    assert single["evaluation"] == name
+    points = [np.load(folder / "eval" / name / "points.npz") for folder in (job / kind / "full", single_dir)]
     assert np.array_equal(points[0]["log_px_exact"], points[1]["log_px_exact"])
     gaps = ("approximation_gap", *(("amortization_gap", "inference_gap") if kind == "amortized" else ()))
     for key in ("elbo_refined", "log_px", *gaps):

@@ -200,7 +200,8 @@ def _readable(path: Path) -> Image.Image:
 
 
 def test_evaluate_writes_figures_as_png(log_root: Path) -> None:
-    out = log_root / "amortized" / "eval"
+    latest = json.loads((log_root / "amortized" / "eval" / "gaps.json").read_text())
+    out = log_root / "amortized" / "eval" / latest["evaluation"]
     for name in ("test_gaps", "test_bounds", "gap_curves", "test_diagnostics"):
         _readable(out / f"{name}.png").close()
     gaps = json.loads((out / "gaps.json").read_text())  # what the evaluation figures say above them

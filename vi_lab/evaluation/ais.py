@@ -9,11 +9,17 @@ is, z ~ q) and move through the intermediate densities
 the geometric path (1 - beta_t) log q + beta_t log p(x, .) in z. The log weight of a chain
 is sum_t (beta_t - beta_{t-1}) w(u_{t-1}), valid for any kernel that leaves f_t invariant;
 here one HMC move (exact Metropolis-Hastings accept/reject) per step, in u: for a Gaussian
-q, HMC in z preconditioned by q's covariance. The per-point step size moves by +-2% a step
-towards a target acceptance rate pooled over the point's chains, as in Wu et al.'s BDMC
-code. Strictly, a step size tuned on the chains' own past biases E[weight] slightly
-(measured on the test model: +0.7% with one chain, about +0.1% with 16). The estimate,
-logsumexp over chains of log weights - log C, is a stochastic lower bound on log p(x).
+q, HMC in z preconditioned by q's covariance.
+
+Step sizes. A kernel tuned on the chains' own past is no longer a fixed kernel that leaves
+f_t invariant, and the weights lose their unbiasedness. So the step sizes are tuned on
+separate pilot chains run through the same schedule first: the per-point step size moves by
++-2% a step towards a target acceptance rate pooled over the point's pilot chains (the rule
+of Wu et al.'s BDMC code), and the estimating chains then use the pilots' step size of each
+step, frozen. Given the pilots, every estimating chain runs fixed kernels, so
+E[exp(log weight)] = p(x) exactly (Neal 2001, Sec. 2) and the estimate, logsumexp over
+chains of log weights - log C, is a stochastic lower bound on log p(x) (Jensen). The pilots
+cost `pilot_chains` / `num_chains` of the estimate's passes.
 """
 
 from __future__ import annotations
@@ -128,6 +134,47 @@ def _hmc_move(
     return _Chains(*kept), accept
 
 
+def anneal(
+    decoder: Decoder,
+    family: Family,
+    x: Tensor,
+    params: Tensor,
+    betas: list[float],
+    num_leapfrog: int,
+    num_chains: int,
+    step_sizes: Tensor | float,
+    target_acceptance: float,
+    start: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run num_chains chains per point through the schedule betas; returns their log weights
+    sum_t (beta_t - beta_{t-1}) w(u_{t-1}), (C, B), and the step size of each of the T - 1
+    moves of each point, (T - 1, B).
+
+    `step_sizes` (T - 1, B) are used as given (frozen kernels); a float starts every point's
+    step size there and adapts it to the chains' own acceptance rate (the pilots). The chains
+    start at `start` (C, B, D), in q's noise coordinates, else from N(0, I) (z ~ q). The
+    schedule may run backwards (from 1 to 0: the reverse chains of `bdmc.py`).
+    """
+    if start is None:
+        start = torch.randn((num_chains, x.shape[0], family.latent_dim), dtype=x.dtype, device=x.device)
+    chains = _evaluate(decoder, family, x, params, start)
+    log_w = torch.zeros_like(chains.w)  # (C, B)
+    frozen = isinstance(step_sizes, Tensor)
+    eps = torch.full((x.shape[0],), 0.0 if frozen else step_sizes, dtype=x.dtype, device=x.device)  # (B,)
+    used = []
+    for t, (beta_prev, beta) in enumerate(itertools.pairwise(betas[:-1])):  # a move for each 0 < beta_t < 1
+        log_w += (beta - beta_prev) * chains.w
+        if frozen:
+            eps = step_sizes[t]
+        chains, accept = _hmc_move(decoder, family, x, params, beta, eps[None, :, None], num_leapfrog, chains)
+        used.append(eps)
+        if not frozen:
+            rate = accept.to(x.dtype).mean(0)  # (B,)
+            eps = eps * torch.where(rate > target_acceptance, 1.02, 0.98)
+    log_w += (betas[-1] - betas[-2]) * chains.w
+    return log_w, torch.stack(used) if used else x.new_zeros(0, x.shape[0])
+
+
 def _ais_chunk(
     decoder: Decoder,
     family: Family,
@@ -136,20 +183,15 @@ def _ais_chunk(
     betas: list[float],
     num_leapfrog: int,
     num_chains: int,
+    pilot_chains: int,
     step_size: float,
     target_acceptance: float,
 ) -> Tensor:
-    """AIS estimate (B,) for the points of one chunk, all chains batched."""
-    start = torch.randn((num_chains, x.shape[0], family.latent_dim), dtype=x.dtype, device=x.device)
-    chains = _evaluate(decoder, family, x, params, start)
-    log_w = torch.zeros_like(chains.w)  # (C, B)
-    eps = torch.full((1, x.shape[0], 1), step_size, dtype=x.dtype, device=x.device)  # (1, B, 1)
-    for beta_prev, beta in itertools.pairwise(betas[:-1]):  # one HMC move for each 0 < beta_t < 1
-        log_w += (beta - beta_prev) * chains.w
-        chains, accept = _hmc_move(decoder, family, x, params, beta, eps, num_leapfrog, chains)
-        rate = accept.to(x.dtype).mean(0)  # (B,)
-        eps = eps * torch.where(rate > target_acceptance, 1.02, 0.98)[None, :, None]
-    log_w += (1.0 - betas[-2]) * chains.w
+    """AIS estimate (B,) for the points of one chunk: pilots tune the step sizes, then the
+    estimating chains (all batched) run with them frozen."""
+    run = (decoder, family, x, params, betas, num_leapfrog)
+    _, step_sizes = anneal(*run, pilot_chains, step_size, target_acceptance)
+    log_w, _ = anneal(*run, num_chains, step_sizes, target_acceptance)
     return torch.logsumexp(log_w, 0) - math.log(num_chains)  # (B,)
 
 
@@ -162,19 +204,22 @@ def ais_log_marginal(
     num_steps: int = 500,
     num_leapfrog: int = 10,
     num_chains: int = 16,
+    pilot_chains: int = 4,
     step_size: float = 0.05,
     target_acceptance: float = 0.65,
     memory_budget_mb: float = 512.0,
     schedule: str = "sigmoid",
     report: Callable[[str], None] | None = None,
 ) -> Tensor:
-    """Per-point AIS estimate of log p(x) starting from the q's of params (B, P), (B,).
+    """Per-point AIS estimate of log p(x) starting from the q's of params (B, P), (B,), with step
+    sizes tuned on `pilot_chains` separate chains per point (`step_size` their start).
 
     Points are chunked so that num_chains * b * `bytes_per_pair(keep_graph=True)` fits the
     budget (at least one point per chunk); chains are never split. `report`, where given,
     receives one line with the cost before the work starts (`estimate_seconds`).
     """
-    for name, value in (("num_steps", num_steps), ("num_leapfrog", num_leapfrog), ("num_chains", num_chains)):
+    counts = (num_steps, num_leapfrog, num_chains, pilot_chains)
+    for name, value in zip(("num_steps", "num_leapfrog", "num_chains", "pilot_chains"), counts, strict=True):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not step_size > 0:
@@ -183,18 +228,17 @@ def ais_log_marginal(
         raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
     check_inputs(decoder, family, x, params, memory_budget_mb)
     betas = annealing_schedule(num_steps, schedule)
-    pair = num_chains * bytes_per_pair(decoder, x, keep_graph=True)
+    pair = max(num_chains, pilot_chains) * bytes_per_pair(decoder, x, keep_graph=True)
     point_chunk = max(1, int(memory_budget_mb * 2**20) // pair)
-    settings = (betas, num_leapfrog, num_chains, step_size, target_acceptance)
+    settings = (betas, num_leapfrog, num_chains, pilot_chains, step_size, target_acceptance)
     if report is not None:
         passes = math.ceil(x.shape[0] / point_chunk) * (1 + (len(betas) - 2) * num_leapfrog)
-        seconds = passes * seconds_per_pass(
-            decoder, family, x[:point_chunk], params[:point_chunk], num_chains
-        )
+        chunk = (decoder, family, x[:point_chunk], params[:point_chunk])
+        seconds = passes * (seconds_per_pass(*chunk, num_chains) + seconds_per_pass(*chunk, pilot_chains))
         report(
-            f"AIS: {x.shape[0]} points x {num_chains} chains, {num_steps} steps of {num_leapfrog} "
-            f"leapfrog steps: {passes:,} gradient passes over chunks of {min(point_chunk, x.shape[0])} "
-            f"points, about {_duration(seconds)} (from one timed pass)"
+            f"AIS: {x.shape[0]} points x ({pilot_chains} pilot + {num_chains}) chains, {num_steps} steps "
+            f"of {num_leapfrog} leapfrog steps: {2 * passes:,} gradient passes over chunks of "
+            f"{min(point_chunk, x.shape[0])} points, about {_duration(seconds)} (from timed passes)"
         )
     return map_points(
         lambda x, params: _ais_chunk(decoder, family, x, params.detach(), *settings),

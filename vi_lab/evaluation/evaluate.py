@@ -1,19 +1,21 @@
 """`vi-lab evaluate` and `vi-lab compare`: the gaps of a trained run, on file and on screen.
 
 `evaluate_run` measures the gaps (`gaps.py`) on one split, in the run's own variational
-family and those of `eval.families`, and writes RUN/eval/: gaps.json (means, standard
-errors, steps and seconds; `families` holds each family's), points.npz (per-point values,
-other families' as `key.family`), the figures of `figures.py` as PNG, and into the run's
-TensorBoard, at the run's last step: scalars `eval/{split}/...` and
-`eval/{split}/{family}/...` (metric columns of the HParams tab), the table as text
-`eval/{split}`, histograms of the per-point gaps and the figures. `compare_runs` puts
-several evaluated runs side by side as markdown tables (with Cremer et al.'s table of the
-families where more than one was refined), and can draw their budget curves.
+family and those of `eval.families`, and writes RUN/eval/NAME/ (`stored.py` names it after
+the settings): gaps.json (means, standard errors, steps and seconds; `families` holds each
+family's), points.npz (per-point values, other families' as `key.family`), the figures of
+`figures.py` as PNG; a copy of gaps.json as RUN/eval/gaps.json (the latest); and into the run's
+TensorBoard: scalars `eval/{split}/...` and `eval/{split}/{family}/...` (metric columns of
+the HParams tab) at the run's last step, the table as text `eval/{split}`, histograms of
+the per-point gaps and the figures. `format_table` puts
+evaluated runs side by side as a markdown table (with Cremer et al.'s table of the families
+where more than one was refined); `compare.py` builds `vi-lab compare` on it.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,6 @@ from vi_lab.config import FamilyName, override
 from vi_lab.evaluation import diagnostics as diagnosing
 from vi_lab.evaluation.figures import (
     bound_scatter,
-    budget_curves,
     diagnostics_bars,
     evaluation_title,
     gap_curves,
@@ -35,10 +36,12 @@ from vi_lab.evaluation.figures import (
     training_title,
 )
 from vi_lab.evaluation.gaps import FAMILY_KEYS, eval_families, measure_gaps
+from vi_lab.evaluation.stored import LATEST, clear_folder, evaluation_folder, evaluation_name, points_digest
 from vi_lab.runs.board import write_json
 from vi_lab.runs.figures import save_figure
 from vi_lab.runs.folder import load_run
 
+CAPPED_WARNING = 0.05  # the fraction of points at the refinement's step cap above which a run is marked
 ROWS = [
     ("elbo_amortized", "L[q] (encoder)"),
     ("elbo_inferred", "L[q] (posterior's own inference)"),
@@ -49,21 +52,29 @@ ROWS = [
     ("inferred_gap", "gap after own inference"),
     ("approximation_gap", "approximation gap"),
     ("inference_gap", "inference gap"),
+    ("ais_minus_iwae", "AIS − IWAE (same points)"),  # estimator best only
 ]
 
 
 def evaluate_run(
-    run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Measure and save the gaps of one run; `overrides` are keys of the eval section.
 
-    Under torchrun the points are shared by the ranks (`gaps.measure_gaps`).
+    An evaluation with the same name (`stored.evaluation_name`) is replaced only with
+    `overwrite` (else FileExistsError, before any work). Under torchrun the points are shared
+    by the ranks (`gaps.measure_gaps`).
 
     The refinement's progress bar follows the run's `progress` setting (and `progress_bar`'s rules).
     """
     run = load_run(run_dir)  # under torchrun: each rank with its rows of a per-datapoint table
     config = override(run.config.eval, overrides)
     x = run.data.x[config.split][: config.num_points]
+    name = evaluation_name(config, x.shape[0], run.model.family.name)
+    out = evaluation_folder(run.run_dir, name, overwrite)
     torch.manual_seed(run.config.seed)
     families = eval_families(run.model.family, config.families, run.config.inference)
     report = measure_gaps(run.model, x, config, progress=progress and run.config.progress, families=families)
@@ -73,6 +84,10 @@ def evaluate_run(
         "run": str(run.run_dir),
         "kind": run.config.inference.kind.value,
         "binarization": run.data.binarization,  # the fixed pixels evaluation saw
+        "init": config.init.value,
+        "points_digest": points_digest(x),  # which points: paired comparisons need the same
+        "refine_capped_fraction": report.own.capped.float().mean().item(),
+        "evaluation": name,  # the folder RUN/eval/NAME
     }
     with torch.no_grad():
         encoder = run.model.posterior.guess(x) if run.model.posterior.amortized else None
@@ -84,10 +99,17 @@ def evaluate_run(
         summary["families"][family.name].update(diagnosed.summary())
     if not distributed.is_main():  # every rank holds the whole report; rank 0 writes it
         return summary
+    if summary["refine_capped_fraction"] > CAPPED_WARNING:
+        warnings.warn(
+            f"{summary['refine_capped_fraction']:.0%} of the points hit eval.refine.max_steps "
+            f"({config.refine.max_steps}) before converging: L[q*] is understated and the approximation "
+            "gap overstated; raise eval.refine.max_steps",
+            stacklevel=2,
+        )
 
-    out = run.run_dir / "eval"
-    out.mkdir(exist_ok=True)
+    clear_folder(out)
     write_json(summary, out / "gaps.json")
+    write_json(summary, out.parent / LATEST)
     points = {**report.per_point(), **diagnosing.per_point(diagnostics)}
     np.savez(out / "points.npz", **points)
     with SummaryWriter(str(run.run_dir)) as writer:
@@ -146,32 +168,6 @@ def _value(metrics: dict[str, Any], key: str) -> str:
     return f"{metrics[key]:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
-def at_budget(history: list[dict[str, Any]], clock: str, budget: float) -> dict[str, Any] | None:
-    """The last validated epoch whose `clock` (step or train_seconds) is within the budget."""
-    entries = [e for e in history if "valid_log_px" in e and e[clock] <= budget]
-    return entries[-1] if entries else None
-
-
-def format_budget_table(histories: list[list[dict[str, Any]]], names: list[str]) -> str:
-    """Validation measures of every run at an equal number of decoder steps and at an equal
-    training time: the largest budget that every run has validated within."""
-    lines = ["| at an equal budget | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for clock, label, unit in (("step", "decoder steps", ""), ("train_seconds", "training seconds", " s")):
-        ends = [max((e[clock] for e in h if "valid_log_px" in e), default=None) for h in histories]
-        if any(end is None for end in ends):
-            continue
-        budget = min(ends)
-        entries = [at_budget(h, clock, budget) for h in histories]
-        used = " | ".join(
-            f"{e[clock]:.0f}{unit} (epoch {e['epoch']})" if e else "not validated yet" for e in entries
-        )
-        lines.append(f"| **{label} ≤ {budget:.0f}{unit}** | {used} |")
-        for row_label, key in BUDGET_ROWS:
-            if any(e and key in e for e in entries):
-                lines.append(f"| {row_label} | " + " | ".join(_value(e or {}, key) for e in entries) + " |")
-    return "\n".join(lines)
-
-
 TRAINING_ROWS = [
     ("train ELBO (last epoch)", lambda m: f"{m['train_elbo']:.2f}"),
     ("train ELBO of the encoder's q", lambda m: _value(m, "train_elbo_encoder")),
@@ -192,12 +188,6 @@ def _lag_epochs(metrics: dict[str, Any]) -> str:
     return "⚠ epochs " + ", ".join(map(str, epochs)) if epochs else "—"
 
 
-BUDGET_ROWS = [
-    ("valid L[q*]", "valid_elbo_refined"),
-    ("valid log p(x)", "valid_log_px"),
-    ("valid approximation gap", "valid_approximation_gap"),
-    ("valid L[q] (encoder)", "valid_elbo_encoder"),
-]
 EVAL_ROWS = [
     ("points", lambda s: f"{s['num_points']} ({s['split']})"),
     ("variational family", lambda s: s.get("family", "diagonal")),
@@ -277,21 +267,3 @@ def format_table(
     table = "\n".join(lines)
     families = format_families(summaries, names)
     return table if families is None else f"{table}\n\n{families}"
-
-
-def compare_runs(run_dirs: list[str | Path], figure: str | Path | None = None) -> str:
-    """Training metrics and gaps of evaluated runs side by side, then their validation
-    measures at equal budgets (decoder steps, training seconds); `figure` is a PNG path
-    for the budget curves (`figures.budget_curves`)."""
-    summaries, training, names = [], [], []
-    for run_dir in map(Path, run_dirs):
-        path = run_dir / "eval" / "gaps.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run `vi-lab evaluate {run_dir}` first")
-        summaries.append(json.loads(path.read_text()))
-        training.append(json.loads((run_dir / "metrics.json").read_text()))
-        names.append(run_dir.name)
-    budgets = format_budget_table([m["history"] for m in training], names)
-    if figure is not None:
-        save_figure(budget_curves([m["history"] for m in training], names), figure)
-    return format_table(summaries, names, training) + "\n\n" + budgets

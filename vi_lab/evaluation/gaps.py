@@ -12,7 +12,8 @@ L[q*] comes from test-time refinement (`inference/refine.py`) in the run's own f
 on request (`eval.families`), in other families on the same points, giving Cremer et al.'s
 Table 2: L[q*_F] per family F, with approximation gap log p(x) - L[q*_F] and amortization
 gap L[q*_F] - L[q]. The run's own family is refined from the posterior's guess (or the
-prior, `eval.init`), every other family from the prior. log p(x) comes from the
+prior, `eval.init`; with `best`, from both, keeping per point the q* with the better bound,
+whose ELBO is then estimated afresh), every other family from the prior. log p(x) comes from the
 importance-weighted bound (`iwae.py`) or AIS (`ais.py`) with, per point, the refined q of
 the family with the best L[q*] as proposal; `log_px_exact` from the closed form
 (linear-Gaussian) or quadrature (a 2-D latent, `quadrature.py`). Means are per datapoint
@@ -64,6 +65,7 @@ SUMMARY_KEYS = (
     "inference_gap",
 )
 FAMILY_KEYS = ("elbo_refined", "approximation_gap", "amortization_gap")
+BEST_KEYS = ("log_px_iwae", "log_px_ais", "ais_minus_iwae")  # estimator best only
 
 
 @dataclass
@@ -91,6 +93,9 @@ class GapReport:
     estimator: str
     num_samples: int
     proposal_dof: float | None = None  # IWAE's Student-t proposal (eval.proposal_dof), None: q* itself
+    log_px_iwae: Tensor | None = None  # (N,) with estimator best: both estimates, per point
+    log_px_ais: Tensor | None = None
+    encoder_start_won: Tensor | None = None  # (N,) with init best (and an encoder): 1 where it won
 
     @property
     def own(self) -> Refinement:
@@ -114,6 +119,11 @@ class GapReport:
             values["inference_gap"] = self.log_px - self.elbo_amortized
         values["inferred_gap"] = own.elbo - self.elbo_inferred
         values["approximation_gap"] = self.log_px - own.elbo
+        if self.log_px_ais is not None and self.log_px_iwae is not None:
+            values["log_px_iwae"], values["log_px_ais"] = self.log_px_iwae, self.log_px_ais
+            values["ais_minus_iwae"] = self.log_px_ais - self.log_px_iwae
+        if self.encoder_start_won is not None:
+            values["encoder_start_won"] = self.encoder_start_won
         for name, refined in self.refined.items():
             values[f"elbo_refined.{name}"] = refined.elbo
             values[f"refine_steps.{name}"] = refined.steps
@@ -125,7 +135,7 @@ class GapReport:
     def summary(self) -> dict[str, Any]:
         points = self.per_point()
         result: dict[str, Any] = {}
-        for name in SUMMARY_KEYS:
+        for name in (*SUMMARY_KEYS, *BEST_KEYS):
             result.update(_mean_and_se(points, name, name))
         own = self.own
         result.update(
@@ -140,6 +150,9 @@ class GapReport:
             refine_seconds=own.seconds,
             log_px_seconds=self.log_px_seconds,
         )
+        if self.encoder_start_won is not None:  # init best: which start gave q* how often
+            won = int(self.encoder_start_won.sum().item())
+            result["init_wins"] = {"encoder": won, "prior": int(own.elbo.shape[0]) - won}
         if "log_px_exact_error" in points:
             result["log_px_exact_error_max"] = float(points["log_px_exact_error"].max())
         result["families"] = {}
@@ -192,7 +205,7 @@ def measure_gaps(
     """
     families = [model.family] if families is None else families
     if distributed.world_size() == 1:
-        return _measure_gaps(model, x, config, num_samples, progress, families)
+        return _tighter(_measure_gaps(model, x, config, num_samples, progress, families), config)
     shard = distributed.current_shard()
     if x.shape[0] < shard.world_size:
         raise ValueError(f"{x.shape[0]} points cannot be shared by {shard.world_size} processes")
@@ -215,7 +228,20 @@ def measure_gaps(
     }
     per_point = {f.name: gather(getattr(report, f.name)) for f in fields(report) if f.name != "refined"}
     per_point["log_px_seconds"] = distributed.all_max(report.log_px_seconds)
-    return replace(report, **per_point, refined=refined)
+    return _tighter(replace(report, **per_point, refined=refined), config)
+
+
+def _tighter(report: GapReport, config: EvalConfig) -> GapReport:
+    """With estimator best, log p(x) := the estimate (IWAE or AIS) with the larger mean over all
+    the points; both are stochastic lower bounds, and a per-point maximum would be biased upwards
+    by the Monte Carlo noise of both."""
+    if report.log_px_iwae is None or report.log_px_ais is None:
+        return report
+    if report.log_px_ais.mean() > report.log_px_iwae.mean():
+        return replace(
+            report, log_px=report.log_px_ais, estimator="best: ais", num_samples=config.ais.num_chains
+        )
+    return replace(report, log_px=report.log_px_iwae, estimator="best: iwae")
 
 
 def eval_families(own: Family, names: list[FamilyName], inference: InferenceConfig) -> list[Family]:
@@ -253,22 +279,47 @@ def _measure_gaps(
             elbo_inferred = elbo_amortized  # the same q: one estimate, not two differing by noise
         else:
             elbo_inferred = chunked_elbo(decoder, own, x, inferred, config.batch_size, ELBO_SAMPLES)
-    refined = {}
+    refined, encoder_start_won = {}, None
     for family in families:
-        start = (
-            guess if family is own and config.init != RefineInit.prior else family.prior(x.shape[0], x.device)
-        )
+        prior = family.prior(x.shape[0], x.device)
+        if family is own and config.init == RefineInit.best and posterior.amortized:
+            from_encoder = _refine_family(decoder, family, x, guess, config, progress)
+            from_prior = _refine_family(decoder, family, x, prior, config, progress)
+            refined[family.name], encoder_start_won = _better_start(
+                decoder, family, x, from_encoder, from_prior, config
+            )
+            continue
+        start = guess if family is own and config.init != RefineInit.prior else prior
         refined[family.name] = _refine_family(decoder, family, x, start, config, progress)
     started = time.perf_counter()
     with torch.no_grad():
         proposal = _proposal(families, refined, config)  # (N,)
-        log_px = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-        for index, (family, r) in enumerate(zip(families, refined.values(), strict=True)):
-            chosen = proposal == index
-            if bool(chosen.any()):
-                log_px[chosen] = _log_marginal(
-                    decoder, family, x[chosen], r.params[chosen], config, num_samples, budget, progress
-                )
+
+        def estimate(estimator: Estimator) -> Tensor:
+            """log p^(x) per point, each with its best q* as proposal, (N,)."""
+            log_px = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+            for index, (family, r) in enumerate(zip(families, refined.values(), strict=True)):
+                chosen = proposal == index
+                if bool(chosen.any()):
+                    log_px[chosen] = _log_marginal(
+                        decoder,
+                        family,
+                        x[chosen],
+                        r.params[chosen],
+                        config,
+                        estimator,
+                        num_samples,
+                        budget,
+                        progress,
+                    )
+            return log_px
+
+        both = (
+            {e: estimate(e) for e in (Estimator.iwae, Estimator.ais)}
+            if config.estimator == Estimator.best
+            else {}
+        )
+        log_px = both[Estimator.iwae] if both else estimate(config.estimator)
         exact = exact_log_marginal(decoder, x, quadrature=config.quadrature)
         exact, exact_error = (None, None) if exact is None else exact
     if x.is_cuda:
@@ -285,15 +336,18 @@ def _measure_gaps(
         log_px_seconds=time.perf_counter() - started,
         estimator=config.estimator.value,
         num_samples=config.ais.num_chains if config.estimator == Estimator.ais else num_samples,
-        proposal_dof=config.proposal_dof if config.estimator == Estimator.iwae else None,
+        proposal_dof=config.proposal_dof if config.estimator != Estimator.ais else None,
+        log_px_iwae=both.get(Estimator.iwae),
+        log_px_ais=both.get(Estimator.ais),
+        encoder_start_won=encoder_start_won,
     )
 
 
 def _proposal(families: list[Family], refined: dict[str, Refinement], config: EvalConfig) -> Tensor:
     """Per point, the index of the family whose q* proposes log p(x)'s samples: the best L[q*],
-    among the Gaussian families when the proposal is their Student-t (`eval.proposal_dof`)."""
+    among the Gaussian families when IWAE's proposal is their Student-t (`eval.proposal_dof`)."""
     elbos = torch.stack([r.elbo for r in refined.values()])  # (F, N)
-    if config.proposal_dof is not None and config.estimator == Estimator.iwae:
+    if config.proposal_dof is not None:
         gaussian = torch.tensor([f.is_gaussian for f in families], device=elbos.device)
         if not bool(gaussian.any()):
             raise ValueError(
@@ -314,19 +368,46 @@ def _refine_family(
     return Refinement(elbo, refined.params, refined.steps, refined.capped, refined.seconds)
 
 
+def _better_start(
+    decoder: Decoder,
+    family: Family,
+    x: Tensor,
+    from_encoder: Refinement,
+    from_prior: Refinement,
+    config: EvalConfig,
+) -> tuple[Refinement, Tensor]:
+    """Per point, the q* with the larger L[q*] estimate, and where the encoder's start won, (N,).
+
+    The kept q*'s ELBO is estimated again on fresh samples: the larger of two noisy estimates
+    is biased upwards, a fresh estimate of the chosen q is not."""
+    won = from_encoder.elbo >= from_prior.elbo  # (N,)
+    params = torch.where(won[:, None], from_encoder.params, from_prior.params)  # (N, P)
+    with torch.no_grad():
+        elbo = chunked_elbo(decoder, family, x, params, config.batch_size, ELBO_SAMPLES)
+    kept = Refinement(
+        elbo,
+        params,
+        torch.where(won, from_encoder.steps, from_prior.steps),
+        torch.where(won, from_encoder.capped, from_prior.capped),
+        from_encoder.seconds + from_prior.seconds,
+    )
+    return kept, won.to(x.dtype)
+
+
 def _log_marginal(
     decoder: Decoder,
     family: Family,
     x: Tensor,
     params: Tensor,
     config: EvalConfig,
+    estimator: Estimator,
     num_samples: int,
     budget: float,
     progress: bool = False,
 ) -> Tensor:
-    """log p^(x) by the configured estimator with proposal q (params); with `progress`, AIS
+    """log p^(x) by `estimator` (IWAE or AIS) with proposal q (params); with `progress`, AIS
     says what it will cost before it starts."""
-    if config.estimator == Estimator.ais:
+    if estimator == Estimator.ais:
         ais = config.ais
         return ais_log_marginal(
             decoder,
@@ -336,6 +417,7 @@ def _log_marginal(
             num_steps=ais.num_steps,
             num_leapfrog=ais.num_leapfrog,
             num_chains=ais.num_chains,
+            pilot_chains=ais.pilot_chains,
             step_size=ais.step_size,
             memory_budget_mb=budget,
             report=tqdm.write if progress else None,

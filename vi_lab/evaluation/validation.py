@@ -32,7 +32,7 @@ def validate(
     model: LatentVariableModel, x: Tensor, config: EvalConfig, num_samples: int
 ) -> tuple[dict[str, float], GapReport]:
     """The `VALID_KEYS` that apply to the model (`elbo_encoder` needs an encoder), with the
-    standard errors of `elbo_refined` and `log_px` as `<key>_se`, and the report behind them."""
+    standard errors of the bounds and the gaps as `<key>_se`, and the report behind them."""
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise NonFiniteValidation("non-finite parameters")  # refining q would only burn max_steps
     report = measure_gaps(model, x, config, num_samples=num_samples)
@@ -41,7 +41,13 @@ def validate(
     values = {key: summary[key] for key in VALID_KEYS if summary[key] is not None}
     if not all(math.isfinite(value) for value in values.values()):
         raise NonFiniteValidation("a non-finite bound")
-    values.update({f"{key}_se": summary[f"{key}_se"] for key in ("elbo_refined", "log_px")})
+    with_errors = (
+        "elbo_refined",
+        "log_px",
+        "amortization_gap",
+        "approximation_gap",
+    )  # the curves' error bars
+    values.update({f"{key}_se": summary[f"{key}_se"] for key in with_errors if key in values})
     return values, report
 
 
