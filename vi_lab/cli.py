@@ -103,11 +103,19 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    if args.figure is not None and (Path(args.figure).is_dir() or not Path(args.figure).parent.is_dir()):
-        raise FileExistsError(f"--figure {args.figure}: name a PNG file in an existing folder")
-    print(compare_runs(args.run_dirs, args.figure, args.eval))
-    if args.figure:
-        print(f"\nwritten: {args.figure}")
+    files = {
+        "--figure": (args.figure, "a PNG"),
+        "--csv": (args.csv, "a CSV"),
+        "--json": (args.json, "a JSON"),
+    }
+    for option, (path, kind) in files.items():
+        if path is not None and (Path(path).is_dir() or not Path(path).parent.is_dir()):
+            raise FileExistsError(f"{option} {path}: name {kind} file in an existing folder")
+    outputs = tuple(path for path in (args.csv, args.json) if path is not None)
+    print(compare_runs(args.run_dirs, args.figure, args.eval, outputs))
+    for path in (args.figure, *outputs):
+        if path is not None:
+            print(f"written: {path}")
 
 
 def _board(args: argparse.Namespace) -> None:
@@ -356,14 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints the training metrics and gaps of evaluated runs side by side (one evaluation that "
         "every run has: --eval names it), paired differences on the same points against the first "
         "run, then validation measures at equal budgets (decoder steps, training seconds, examples "
-        "seen); --figure draws those curves. It takes no key=value settings.",
-        "vi-lab compare runs/a runs/b --figure runs/budget.png",
+        "seen); --figure draws those curves, --csv and --json write every figure with its standard "
+        "error for use elsewhere. It takes no key=value settings.",
+        "vi-lab compare runs/a runs/b --figure runs/budget.png --csv runs/ab.csv",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--figure", metavar="PNG", help="also draw validation curves against steps and seconds")
     p.add_argument(
         "--eval", metavar="NAME", help="the evaluation to compare (RUN/eval/NAME), e.g. test-iwae5000-n1000"
     )
+    p.add_argument("--csv", metavar="FILE", help="also write every measure, a row each, with its SE")
+    p.add_argument("--json", metavar="FILE", help="also write the whole comparison as JSON")
     p.set_defaults(handler=_compare)
 
     p = _command(

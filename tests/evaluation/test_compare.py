@@ -3,6 +3,7 @@ paired differences on the same points, and validation at budgets that are really
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -175,6 +176,36 @@ def test_compare_prints_paired_rows_and_budgets(runs, capsys):
     assert "| paired difference, run − a (same points) | difference ± SE | unpaired SE |" in out
     assert "| **decoder steps = " in out and "measured (epoch 1)" in out
     assert "| log p(x), b | " in out
+
+
+def test_compare_writes_every_measure_to_csv_and_json(runs, tmp_path, capsys):
+    """The files hold what the table prints: each run's evaluated means with their standard
+    errors, the paired differences with paired and unpaired SE, and the budget rows; a folder
+    given as the file is one line and exit 2."""
+    table, data = tmp_path / "ab.csv", tmp_path / "ab.json"
+    args = ["compare", str(runs["a"]), str(runs["b"]), "--eval", "test-iwae100-n40"]
+    assert main([*args, "--csv", str(table), "--json", str(data)]) == 0
+    assert f"written: {table}" in capsys.readouterr().out
+    result = comparison([runs["a"], runs["b"]], "test-iwae100-n40")
+    with table.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    cell = {(r["section"], r["run"], r["measure"]): r for r in records}
+    for name in ("a", "b"):
+        summary = result["runs"][0 if name == "a" else 1]["summary"]
+        row = cell[("evaluation", name, "log_px")]
+        assert float(row["value"]) == pytest.approx(summary["log_px"])
+        assert float(row["se"]) == pytest.approx(summary["log_px_se"])
+    paired = next(r for r in result["paired"]["rows"] if r["key"] == "log_px")
+    row = cell[("paired", "b", "log_px")]
+    assert float(row["value"]) == pytest.approx(paired["difference"])
+    assert float(row["se"]) == pytest.approx(paired["se"]) and float(row["unpaired_se"]) > float(row["se"])
+    assert {r["section"] for r in records} == {"training", "evaluation", "paired", "budget"}
+    on_disk = json.loads(data.read_text())
+    first = result["paired"]["rows"][0]
+    assert on_disk["paired"]["rows"][0]["difference"] == pytest.approx(first["difference"])
+    assert [run["run"] for run in on_disk["runs"]] == ["a", "b"]
+    assert main([*args, "--csv", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_unconverged_refinement_is_warned_recorded_and_marked(runs, tmp_path):

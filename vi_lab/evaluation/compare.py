@@ -23,13 +23,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from vi_lab.evaluation.evaluate import CAPPED_WARNING, format_table
+from vi_lab.evaluation.evaluate import CAPPED_WARNING, ROWS, format_table
 from vi_lab.evaluation.figures import budget_curves
+from vi_lab.evaluation.gaps import FAMILY_KEYS
 from vi_lab.evaluation.stored import Evaluation, shared_evaluation
 from vi_lab.runs.figures import save_figure
 
@@ -261,12 +263,95 @@ def format_comparison(result: dict[str, Any]) -> str:
 
 
 def compare_runs(
-    run_dirs: list[str | Path], figure: str | Path | None = None, evaluation: str | None = None
+    run_dirs: list[str | Path],
+    figure: str | Path | None = None,
+    evaluation: str | None = None,
+    outputs: tuple[str | Path, ...] = (),
 ) -> str:
     """`format_comparison` of `comparison`; `figure` is a PNG path for the validation curves
-    against steps and seconds (`figures.budget_curves`)."""
+    against steps and seconds (`figures.budget_curves`); `outputs` are .json or .csv paths
+    (`write_comparison`)."""
     result = comparison(run_dirs, evaluation)
+    for path in outputs:
+        write_comparison(result, path)
     if figure is not None:
         histories = [run["training"]["history"] for run in result["runs"]]
         save_figure(budget_curves(histories, [run["run"] for run in result["runs"]]), figure)
     return format_comparison(result)
+
+
+RECORD_FIELDS = (
+    *("section", "run", "measure", "value", "se"),
+    *("unpaired_se", "num_points", "clock", "budget", "how"),
+)
+TRAINING_MEASURES = ("epochs", "steps", "train_seconds", "seconds", "examples_per_second", "row_gap")
+
+
+def comparison_records(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """`comparison` as flat rows of RECORD_FIELDS (absent fields None), one measure each:
+    section "training" (metrics.json), "evaluation" (gaps.json; a family's as FAMILY/key),
+    "paired" (difference against the first run, with its paired and unpaired standard
+    errors) and "budget" (validation at an equal budget on a clock: measured or interpolated)."""
+    records = []
+
+    def add(section: str, run: str, measure: str, value: Any, se: Any = None, **more: Any) -> None:
+        if value is not None:
+            records.append(
+                {
+                    **dict.fromkeys(RECORD_FIELDS),
+                    **more,
+                    "section": section,
+                    "run": run,
+                    "measure": measure,
+                    "value": value,
+                    "se": se,
+                }
+            )
+
+    for run in result["runs"]:
+        name, summary, training = run["run"], run["summary"], run["training"]
+        for key in TRAINING_MEASURES:
+            add("training", name, key, training.get(key), training.get(f"{key}_se"))
+        for key, _ in ROWS:
+            add("evaluation", name, key, summary.get(key), summary.get(f"{key}_se"))
+        for family, entry in summary.get("families", {}).items():
+            for key in FAMILY_KEYS:
+                add("evaluation", name, f"{family}/{key}", entry.get(key), entry.get(f"{key}_se"))
+    for row in result["paired"]["rows"]:
+        add(
+            "paired",
+            row["run"],
+            row["key"],
+            row["difference"],
+            row["se"],
+            unpaired_se=row["unpaired_se"],
+            num_points=row["num_points"],
+        )
+    for row in result["budgets"]:
+        for values in row["runs"]:
+            for _, key in BUDGET_ROWS:
+                add(
+                    "budget",
+                    values["run"],
+                    key,
+                    values.get(key),
+                    values.get(f"{key}_se"),
+                    clock=row["clock"],
+                    budget=row["budget"],
+                    how=values["how"],
+                )
+    return records
+
+
+def write_comparison(result: dict[str, Any], path: str | Path) -> Path:
+    """`comparison` to a file: JSON (the whole result) for a .json path, else CSV of
+    `comparison_records`."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        return path
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RECORD_FIELDS)
+        writer.writeheader()
+        writer.writerows(comparison_records(result))
+    return path
