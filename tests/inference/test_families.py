@@ -9,10 +9,27 @@ import math
 import pytest
 import torch
 
-from tests.linear_gaussian import DIAGONAL, FULL, LATENT_DIM, best_q, error_and_standard_error, prior
+from tests.linear_gaussian import (
+    DIAGONAL,
+    FULL,
+    LATENT_DIM,
+    best_q,
+    dense_decoder,
+    error_and_standard_error,
+    noisy_data,
+    prior,
+)
 from vi_lab.config import ConfigError, EvalConfig, FlowConfig, InferenceConfig, Likelihood, load_config
 from vi_lab.data.datasets import load_data
-from vi_lab.inference.families import FAMILIES, Diagonal, FullCovariance, PlanarFlow, build_family
+from vi_lab.inference.families import (
+    FAMILIES,
+    LAYER_STEP_SCALE,
+    Diagonal,
+    FullCovariance,
+    PlanarFlow,
+    build_family,
+)
+from vi_lab.inference.local_fit import ascent_step
 from vi_lab.inference.objectives import chunked_elbo
 from vi_lab.inference.refine import refine
 from vi_lab.models import model as model_module
@@ -227,3 +244,22 @@ def test_a_table_that_does_not_fit_is_one_line_with_its_size(monkeypatch, capsys
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("vi-lab train: error: inference.family:") and "\n" not in err
+
+
+def test_a_planar_flow_steps_its_layers_at_a_tenth_of_the_base_step_size() -> None:
+    """Adam's first step moves every parameter by its step size (m / sqrt(v) = sign of the
+    gradient): lr for the base's loc and log-scale, LAYER_STEP_SCALE * lr for the layers' u, w, b,
+    whose product makes a base-sized step move a layer far; the Gaussian families take lr everywhere."""
+    decoder = dense_decoder()
+    x = noisy_data(decoder, 20)
+    for family, layer_scale in ((PlanarFlow(LATENT_DIM, 3), LAYER_STEP_SCALE), (DIAGONAL, 1.0)):
+        params = family.prior(20) + 0.3 * torch.randn(20, family.num_params)
+        zeros, ones = torch.zeros_like(params), torch.ones(20)
+        eps = torch.randn(1, 20, LATENT_DIM)
+        state = (zeros, zeros, zeros[:, 0], ones)  # fresh moments, step 0, every row active
+        _, moved, *_ = ascent_step(decoder, family, x, params, *state, 0.05 * ones, eps, torch.tensor(1.0))
+        step = (moved - params).abs()
+        base = step[:, : 2 * LATENT_DIM]
+        assert torch.allclose(base[base > 1e-6], torch.tensor(0.05), rtol=1e-3)
+        layers = step[:, 2 * LATENT_DIM :]
+        assert torch.allclose(layers[layers > 1e-6], torch.tensor(0.05 * layer_scale), rtol=1e-3)

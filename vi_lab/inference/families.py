@@ -37,6 +37,7 @@ from vi_lab.inference import gaussian
 
 # softplus(a + SHIFT) - 1 is 0 at a = 0: a planar layer with u = 0 is the identity
 SHIFT = math.log(math.e - 1.0)
+LAYER_STEP_SCALE = 0.1  # of the per-row Adam step size, for a planar layer's u, w, b
 NORM_FLOOR = 1e-6  # added to |w|^2 in the constraint on u, so that w = 0 gives no NaN
 
 
@@ -116,6 +117,11 @@ class Family:
     def from_config(cls, latent_dim: int, inference: InferenceConfig) -> Family:
         """The family for a latent size, with its settings from the inference config."""
         return cls(latent_dim)
+
+    def step_scales(self, device: torch.device | str = "cpu") -> Tensor | None:
+        """Multipliers (P,) of the per-row Adam step size for each parameter (`local_fit.adam_step`),
+        or None: every parameter at the row's step size."""
+        return None
 
     def check(self, params: Tensor, name: str = "params") -> None:
         """ValueError unless params is (N, num_params)."""
@@ -314,6 +320,14 @@ class PlanarFlow(Family):
     @classmethod
     def from_config(cls, latent_dim: int, inference: InferenceConfig) -> PlanarFlow:
         return cls(latent_dim, inference.flow.num_layers)
+
+    def step_scales(self, device: torch.device | str = "cpu") -> Tensor:
+        """The base at the row's step size, the layers' (u, w, b) at LAYER_STEP_SCALE of it: u and w
+        act through their product, so an Adam step of the base's size in each moves a layer far
+        (refined at the base's step size from the encoder's q, a flow ended below where it began)."""
+        base = torch.ones(2 * self.latent_dim, device=device)
+        layers = torch.full((self.num_layers * self.layer_size,), LAYER_STEP_SCALE, device=device)
+        return torch.cat([base, layers])
 
     def prior(self, num_points: int, device: torch.device | str = "cpu") -> Tensor:
         """Base N(0, I) and u = b = 0 (every layer the identity); w fixed unit directions drawn

@@ -121,10 +121,12 @@ def adam_step(
     step: Tensor,
     lr: Tensor,
     active: Tensor,
+    scales: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One Adam ascent step of each row: new (params, exp_avg, exp_avg_sq, step), inputs untouched.
 
-    params, grad and the moments are (N, P); step, lr and active are (N,). A row with
+    params, grad and the moments are (N, P); step, lr and active are (N,); `scales` (P,), where
+    given, multiplies each parameter's step (`Family.step_scales`). A row with
     active = 0 keeps its parameters and state. Kingma & Ba (2015), Algorithm 1, in its
     efficient form (both bias corrections in the step size). Out of place, so that autograd
     can differentiate through it (`unrolled.py`).
@@ -135,7 +137,8 @@ def adam_step(
     exp_avg_sq = exp_avg_sq.lerp(grad.square(), live * (1 - BETA2))
     count = step.clamp(min=1)
     step_size = active * lr * torch.sqrt(1 - torch.pow(BETA2, count)) / (1 - torch.pow(BETA1, count))
-    params = params.addcdiv(exp_avg * step_size[:, None], exp_avg_sq.sqrt() + EPS)  # (N, P)
+    update = exp_avg * step_size[:, None] if scales is None else exp_avg * step_size[:, None] * scales
+    params = params.addcdiv(update, exp_avg_sq.sqrt() + EPS)  # (N, P)
     return params, exp_avg, exp_avg_sq, step
 
 
@@ -161,7 +164,8 @@ def ascent_step(
     """
     recon, kl, grad = family.elbo_and_gradient(decoder, x, params, eps, beta)  # (N,), (N,), (N, P)
     # a stopped row has weight 0 in every update, so nothing of it moves
-    return recon - beta * kl, *adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active)
+    scales = family.step_scales(params.device)
+    return recon - beta * kl, *adam_step(params, grad, exp_avg, exp_avg_sq, step, lr, active, scales)
 
 
 def fit_local(

@@ -64,6 +64,7 @@ def refine_steps(
     moments = zeros, zeros  # Adam's, fresh
     ones = torch.ones(params.shape[0], dtype=params.dtype, device=params.device)  # (B,)
     step, lr = torch.zeros_like(ones), ones * config.lr
+    scales = family.step_scales(params.device)  # (P,) or None
     first_elbo = first_grad = None
     for k in range(config.num_steps):
         with torch.set_grad_enabled(differentiable):
@@ -76,7 +77,7 @@ def refine_steps(
                 first_elbo, first_grad = recon - kl, grad.detach()
             grad = clip_rows(grad, config.max_grad_norm)
             if config.optimizer == RefineOptimizer.adam:
-                params, *moments, step = adam_step(params, grad, *moments, step, lr, ones)
+                params, *moments, step = adam_step(params, grad, *moments, step, lr, ones, scales)
             else:
                 params = params + config.lr * grad
     return Unrolled(params, first_elbo, first_grad)
