@@ -13,7 +13,8 @@ from tests.linear_gaussian import error_and_standard_error
 from vi_lab import train as training
 from vi_lab.config import EvalConfig, InnerLoopConfig, load_config
 from vi_lab.data.datasets import load_data
-from vi_lab.evaluation.evaluate import compare_runs, evaluate_run
+from vi_lab.evaluation.compare import compare_runs
+from vi_lab.evaluation.evaluate import evaluate_run
 from vi_lab.evaluation.gaps import measure_row_gap
 from vi_lab.evaluation.validation import ROW_GAP_LIMIT, exact_row_gap, row_gap_warning
 from vi_lab.models.model import build_model
