@@ -182,9 +182,12 @@ def test_cost_is_reported_before_the_work_and_close_to_it() -> None:
     ais_log_marginal(decoder, DIAGONAL, x, prior(x), num_steps=100, num_chains=8, report=lines.append)
     seconds = time.perf_counter() - started
     (line,) = lines
-    passes = 1 + 99 * 10  # one evaluation at the start, then 10 leapfrog steps for each of beta_1..beta_99
+    passes = 2 * (1 + 99 * 10)  # per anneal (pilots, then the estimating chains): one evaluation at
+    # the start, then 10 leapfrog steps for each of beta_1..beta_99
     assert re.match(
-        rf"AIS: 200 points x 8 chains, 100 steps of 10 leapfrog steps: {passes:,} gradient passes", line
+        rf"AIS: 200 points x \(4 pilot \+ 8\) chains, 100 steps of 10 leapfrog steps: "
+        rf"{passes:,} gradient passes",
+        line,
     )
     estimate = float(re.search(r"about ([\d.]+) s", line).group(1))
     # the right order of magnitude, on a CPU that other jobs may share
