@@ -52,26 +52,28 @@ def evaluation_name(config: EvalConfig, num_points: int, own_family: str) -> str
     size = {Estimator.iwae: str(config.num_samples), Estimator.ais: ais}.get(
         config.estimator, f"{config.num_samples}+{ais}"
     )
-    extra = [f.value for f in FamilyName if f in config.families and f.value != own_family]
-    return _name(config.split, f"{config.estimator.value}{size}", num_points, config.init.value, extra)
+    if config.proposal_dof is not None and config.estimator != Estimator.ais:
+        size += f"t{config.proposal_dof:g}"  # IWAE's Student-t proposal
+    refined = [f.value for f in FamilyName if f in config.families or f.value == own_family]
+    return _name(config.split, f"{config.estimator.value}{size}", num_points, config.init.value, refined)
 
 
-def _name(split: str, estimator: str, num_points: int, init: str, extra_families: list[str]) -> str:
+def _name(split: str, estimator: str, num_points: int, init: str, families: list[str]) -> str:
+    """split-estimator-nN[-init][-families]: the families (all refined, the run's own among them)
+    only where more than one was, so that runs trained with different families share the name."""
     parts = [split, estimator, f"n{num_points}"]
     if init != RefineInit.auto.value:
         parts.append(init)
-    if extra_families:
-        parts.append("+".join(extra_families))
+    if len(families) > 1:
+        parts.append("+".join(families))
     return "-".join(parts)
 
 
 def _legacy_name(summary: dict[str, Any]) -> str:
     """The name an evaluation written before names existed would have had."""
-    extra = [
-        f.value for f in FamilyName if f.value in summary.get("families", {}) and f.value != summary["family"]
-    ]
+    refined = [f.value for f in FamilyName if f.value in summary.get("families", {})]
     estimator = f"{summary['estimator']}{summary['num_samples']}"
-    return _name(summary["split"], estimator, summary["num_points"], RefineInit.auto.value, extra)
+    return _name(summary["split"], estimator, summary["num_points"], RefineInit.auto.value, refined)
 
 
 def points_digest(x: Tensor) -> str:
