@@ -35,10 +35,10 @@ from vi_lab.evaluation.gaps import FAMILY_KEYS
 from vi_lab.evaluation.stored import Evaluation, shared_evaluation
 from vi_lab.runs.figures import save_figure
 
-CLOCKS = (
-    ("step", "decoder steps", ""),
-    ("train_seconds", "training seconds", " s"),
-    ("examples", "examples seen", ""),
+CLOCKS = (  # (history key, label, format of a budget on that clock)
+    ("step", "decoder steps", "{:.0f}"),
+    ("train_seconds", "training seconds", "{:.0f} s"),
+    ("examples", "examples seen", "{:.0f}"),
 )
 BUDGET_ROWS = [
     ("valid L[q*]", "valid_elbo_refined"),
