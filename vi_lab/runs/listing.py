@@ -3,7 +3,7 @@
 A run folder is a folder holding config.yaml (a study folder holds study.yaml instead).
 Its line gives the inference kind, variational family and data from config.yaml; epochs
 done (metrics.json, written after every epoch) of those planned; a status; the last
-validation log p(x); and the evaluations it holds (every eval/**/gaps.json, as split,
+validation log p(x); and the evaluations it holds (every eval/NAME/gaps.json, as split,
 estimator-samples and points). The status is *finished* once the planned epochs are
 done; otherwise *running* when a file in the folder changed in the last `RECENT_SECONDS`
 (checkpoints are written every epoch, TensorBoard events every two minutes), else
@@ -42,8 +42,11 @@ def _describe(run_dir: Path, root: Path, now: float) -> dict[str, str]:
     else:
         newest = max(path.stat().st_mtime for path in run_dir.rglob("*") if path.is_file())
         status = "running" if now - newest < RECENT_SECONDS else "stopped"
+    # each named evaluation (eval/NAME/gaps.json); eval/gaps.json, a copy of the latest, counts
+    # only in a folder written before evaluations had names
+    paths = sorted(run_dir.glob("eval/*/gaps.json")) or sorted(run_dir.glob("eval/gaps.json"))
     evaluations = []
-    for path in sorted(run_dir.glob("eval/**/gaps.json")):
+    for path in paths:
         gaps = json.loads(path.read_text())
         evaluations.append(f"{gaps['split']} {gaps['estimator']}-{gaps['num_samples']} n{gaps['num_points']}")
     log_px = metrics.get("valid_log_px")
