@@ -211,10 +211,10 @@ class LocalFitConfig:
     """Adam on per-datapoint (loc, log_scale) with the decoder frozen (see `inference/local_fit.py`).
 
     Every `check_every` steps each row's gain over the window is estimated with common
-    random numbers (`check_samples` draws). A window without significant progress (at
-    `confidence` standard errors) and below `tol` nats halves the row's learning rate, at
-    most `num_decays` times; a row stops when, with no halvings left, the mean gain of its
-    last `stop_windows` windows is confidently below `tol` (or after `max_steps`).
+    random numbers (`check_samples` draws). When the mean gain of a row's last `stop_windows`
+    windows is below `tol` nats and shows no progress, the row's learning rate halves (at most
+    `num_decays` times); with no halvings left, a row stops once that mean is below `tol` by a
+    t-test at level `error_rate` over the visit (or after `max_steps`).
     """
 
     max_steps: int = 20
@@ -222,8 +222,10 @@ class LocalFitConfig:
     num_samples: int = 1  # Monte Carlo samples per gradient step
     check_every: int = 10  # steps per window; no row stops before this many steps
     check_samples: int = 8  # common random numbers behind each window's gain
-    confidence: float = 2.0  # standard errors behind every decision (normal approximation)
-    stop_windows: int = 4  # windows whose mean gain decides a stop
+    # bound on the chance that a row still gaining more than tol per window stops anywhere
+    # in a visit (Student's t, Bonferroni over the visit's checks)
+    error_rate: float = 0.05
+    stop_windows: int = 4  # windows whose mean gain decides a halving or a stop
     tol: float = 0.01  # nats per window below which a gain counts as none
     num_decays: int = 0
 
@@ -232,8 +234,8 @@ class LocalFitConfig:
         require(self.lr > 0, "lr", "must be positive")
         require(self.num_samples > 0, "num_samples", "must be positive")
         require(self.check_every > 0, "check_every", "must be positive")
-        require(self.check_samples > 1, "check_samples", "must be at least 2 (a standard error needs two)")
-        require(self.confidence >= 0, "confidence", "must be non-negative")
+        require(self.check_samples > 0, "check_samples", "must be positive")
+        require(0 < self.error_rate < 1, "error_rate", "must be a probability in (0, 1)")
         require(self.stop_windows > 1, "stop_windows", "must be at least 2 (a standard error needs two)")
         require(self.tol >= 0, "tol", "must be non-negative")
         require(self.num_decays >= 0, "num_decays", "must be >= 0")
@@ -345,7 +347,14 @@ class EvalConfig:
     quadrature: bool = True  # log_px_exact on a grid for a 2-D latent (evaluation/quadrature.py)
     refine: LocalFitConfig = field(
         default_factory=lambda: LocalFitConfig(
-            max_steps=5000, lr=0.1, num_samples=10, check_every=50, check_samples=16, tol=0.05, num_decays=7
+            max_steps=5000,
+            lr=0.1,
+            num_samples=10,
+            check_every=25,
+            check_samples=16,
+            stop_windows=8,
+            tol=0.05,
+            num_decays=7,
         )
     )
     ais: AISConfig = field(default_factory=AISConfig)

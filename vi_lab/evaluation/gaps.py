@@ -456,7 +456,7 @@ def _row_gap(
     now = refine(model.decoder, family, x, then, config.refine, config.batch_size).params
     with torch.no_grad():
         return map_points(
-            lambda x, now, then: window_gain(model.decoder, family, x, now, then, num_samples)[0],
+            lambda x, now, then: window_gain(model.decoder, family, x, now, then, num_samples),
             x,
             now,
             then,

@@ -13,19 +13,26 @@ Cremer, Li & Duvenaud (2018).
 Stopping rule, per row. Every `check_every` steps a row's gain over the last window,
     g = L(q_now) - L(q_then),
 is estimated with common random numbers: the same `check_samples` fresh draws
-eps_1..M are pushed through both q's (z = T(eps; params), the family's map), so the Monte Carlo noise
-that the two ELBOs share cancels in the differences d_j and se = std(d) / sqrt(M)
-measures only what the window changed (the paired comparison of Glasserman & Yao 1992).
-- Step size: a window whose gain is not significantly positive and below `tol`
-  (g - c * se <= 0 and g < tol, c = `confidence`) halves the row's learning rate, at
-  most `num_decays` times; smaller steps remove Adam's jitter around the optimum.
-- Stop: one window's realized gain also carries the random walk of the noisy steps, so
-  a stop is decided on the last `stop_windows` windows: their mean gain m and its
-  standard error s (from their spread, path noise included) must show the drift to be
-  below `tol`: m + c * s < tol, with no halvings left. A row whose ELBO still rises by
-  more than `tol` per window keeps going (it stops at a check with probability at most
-  about Phi(-c)); a single noisy estimate can never stop it, and no row stops before
-  `stop_windows * check_every` steps.
+eps_1..M are pushed through both q's (z = T(eps; params), the family's map), so the Monte
+Carlo noise that the two ELBOs share cancels (the paired comparison of Glasserman & Yao
+1992). One window's realized gain also carries the random walk of the noisy steps, so every
+decision rests on the last W = `stop_windows` windows at the current step size: their mean
+gain m and its standard error s (from their spread, path noise included), compared with
+t = t_{W-1}(1 - alpha / K), a Student's t quantile with W - 1 degrees of freedom at level
+alpha = `error_rate` divided among the K checks of a visit at which a decision can fall
+(Bonferroni over the visit).
+- Stop, with no halvings left: m + t * s < tol, a one-sided t-test that the drift is below
+  `tol`. If a row's window gains are independent normals whose mean stays at or above
+  `tol`, it stops anywhere in the visit with probability at most alpha
+  (`benchmarks/stopping.py` measures it; `tests/inference/test_local_fit.py` checks it).
+- Halve the learning rate (at most `num_decays` times; the windows then start afresh):
+  m < tol and m - t * s <= 0, the same windows and quantile showing no progress. Smaller
+  steps remove Adam's jitter around the optimum, whose window-to-window spread at the first
+  step size is far above `tol`, so this decision cannot wait for the drift to be shown below
+  `tol`; it carries no bound of its own (a row gaining about `tol` per window may be halved,
+  and the stop's bound then holds at the new step size), but a row whose measured mean gain
+  reaches `tol` never is.
+No row is halved before W windows at a step size, nor stops before (num_decays + 1) * W.
 `max_steps` caps every row. The loop runs over steps only, never over points; a check
 costs one forward pass with 2 * check_samples samples and no backward pass, and a visit
 too short to reach a decision skips the checks.
@@ -37,6 +44,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from scipy import stats
 from torch import Tensor
 
 from vi_lab.config import LocalFitConfig
@@ -99,8 +107,8 @@ def window_gain(
     then: Tensor,
     num_samples: int,
     beta: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """Estimated ELBO(now) - ELBO(then) per row and its standard error, each (N,).
+) -> Tensor:
+    """Estimated ELBO(now) - ELBO(then) per row, (N,).
 
     `now` and `then` are (N, P) params; both are scored on the same draws of eps
     (common random numbers), in one forward pass of 2 * num_samples samples.
@@ -109,8 +117,23 @@ def window_gain(
     drawn_now, drawn_then = family.draw(now, eps), family.draw(then, eps)  # (M, N, D) samples each
     log_lik = decoder.log_prob(x, torch.cat([drawn_now.z, drawn_then.z]))  # (2M, N)
     kl_diff = drawn_now.kl - drawn_then.kl  # (N,) in closed form, else (M, N)
-    diff = log_lik[:num_samples] - log_lik[num_samples:] - beta * kl_diff  # (M, N)
-    return diff.mean(0), diff.std(0) / math.sqrt(num_samples)
+    return (log_lik[:num_samples] - log_lik[num_samples:] - beta * kl_diff).mean(0)
+
+
+def num_decisions(config: LocalFitConfig) -> int:
+    """K: the checks of one visit at which a row can be halved or stopped (0: none).
+
+    Checks fall every `check_every` steps before the last; the first decision needs
+    `stop_windows` windows."""
+    num_checks = (config.max_steps - 1) // config.check_every
+    return max(0, num_checks - config.stop_windows + 1)
+
+
+def decision_threshold(config: LocalFitConfig) -> float:
+    """t_{W-1}(1 - alpha / K): how many standard errors of the mean window gain must separate
+    it from `tol` before a row is halved or stopped, W = `stop_windows`, alpha = `error_rate`,
+    K = `num_decisions` (a one-sided t-test, Bonferroni-corrected over the visit)."""
+    return float(stats.t.ppf(1 - config.error_rate / max(1, num_decisions(config)), config.stop_windows - 1))
 
 
 def adam_step(
@@ -204,9 +227,10 @@ def fit_local(
     gains = torch.zeros(num_rows, config.stop_windows, device=x.device)  # recent window gains
     windows = torch.zeros(num_rows, device=x.device)  # windows since the last step-size change
     num_checks = 0
-    # With no step-size decays a stop needs `stop_windows` windows: a visit too short for
-    # that (the training default) takes its whole budget and skips the checks' cost.
-    can_decide = config.num_decays > 0 or (config.max_steps - 1) // config.check_every >= config.stop_windows
+    threshold = decision_threshold(config)
+    # A visit too short for any decision (fewer than `stop_windows` windows) takes its whole
+    # budget and skips the checks' cost.
+    can_decide = num_decisions(config) > 0
 
     def store() -> None:
         """Write the working rows back among all rows."""
@@ -227,20 +251,19 @@ def fit_local(
 
             if can_decide and (t + 1) % config.check_every == 0 and t + 1 < config.max_steps:
                 num_checks += 1
-                gain, se = window_gain(decoder, family, x, params, anchor, config.check_samples, beta)
-                anchor.copy_(params)
-                gains[:, num_checks % config.stop_windows] = gain
-                windows += 1
-                # One window: is there progress beyond the Monte Carlo error of its two ends?
-                no_progress = (gain - config.confidence * se <= 0) & (gain < config.tol)
-                decay = no_progress & (decays_left > 0) & active.bool()
-                # The last windows: is their mean gain (the drift, path noise included) below tol?
-                mean = gains.mean(1)
-                drift_se = gains.std(1) / math.sqrt(config.stop_windows)
-                settled = (mean + config.confidence * drift_se < config.tol) & (
-                    windows >= config.stop_windows
+                gains[:, num_checks % config.stop_windows] = window_gain(
+                    decoder, family, x, params, anchor, config.check_samples, beta
                 )
-                stop = settled & (decays_left == 0) & active.bool()
+                anchor.copy_(params)
+                windows += 1
+                # The drift of the last windows (path noise included) and its standard error
+                drift, drift_se = gains.mean(1), gains.std(1) / math.sqrt(config.stop_windows)
+                judged = (windows >= config.stop_windows) & active.bool()
+                # halve: the drift is below tol and not shown to be positive; stop: it is shown
+                # to be below tol
+                flat = (drift < config.tol) & (drift - threshold * drift_se <= 0)
+                decay = judged & flat & (decays_left > 0)
+                stop = judged & (drift + threshold * drift_se < config.tol) & (decays_left == 0)
                 lr = torch.where(decay, lr * 0.5, lr)
                 decays_left -= decay.float()
                 windows.masked_fill_(decay, 0)
