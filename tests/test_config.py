@@ -74,3 +74,15 @@ def test_yaml_top_level_must_be_a_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level is a list"):
         load_config(path)
+
+
+def test_a_saved_config_with_a_retired_key_still_loads():
+    """Runs saved before the stopping rule's `confidence` became `error_rate` load, without it;
+    any other unknown key still fails naming it (the negative control)."""
+    saved = to_dict(load_config())
+    saved["inference"]["inner"]["confidence"] = 2.0
+    saved["eval"]["refine"]["confidence"] = 2.0
+    assert from_dict(saved) == load_config()
+    saved["eval"]["refine"]["confidance"] = 2.0
+    with pytest.raises(ConfigError, match="confidance"):
+        from_dict(saved)

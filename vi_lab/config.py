@@ -8,6 +8,7 @@ building a Config (YAML, overrides, a checkpoint) goes through the same checks.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -565,7 +566,20 @@ def to_dict(config: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
 
 
+# Keys that saved configs may hold but the schema no longer has, dropped when a saved config is
+# read: the stopping rule's normal quantile (`confidence`), replaced by `error_rate`.
+RETIRED = (("inference", "inner", "confidence"), ("eval", "refine", "confidence"))
+
+
 def from_dict(data: dict[str, Any]) -> Config:
+    """A saved config (a checkpoint's), less the `RETIRED` keys it may hold."""
+    data = copy.deepcopy(data)
+    for *path, key in RETIRED:
+        section = data
+        for name in path:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(key, None)
     return build(Config, OmegaConf.create(data))
 
 
