@@ -268,8 +268,8 @@ def test_fit_observed_gives_every_chunk_its_own_mask() -> None:
 
 def test_fit_observed_keeps_each_row_with_its_mask_when_rows_drop_out(monkeypatch) -> None:
     """One chunk of 8: six fully observed rows start at their q* and stop early, two fully
-    missing rows start far from their best q (the prior) and go on alone once the working set
-    is compacted. Each is still scored with its own mask: a missing row scored with an
+    missing rows start far from their best q (the prior) and go on without them once the working
+    set is compacted. Each is still scored with its own mask: a missing row scored with an
     observed row's mask would move towards q* of its pixels, not to the prior."""
     torch.manual_seed(0)
     decoder = dense_decoder()
@@ -286,7 +286,8 @@ def test_fit_observed_keeps_each_row_with_its_mask_when_rows_drop_out(monkeypatc
 
     monkeypatch.setattr(impute, "masked_log_prob", recording)
     fit = fit_observed(decoder, DIAGONAL, x, observed, start, EvalConfig().refine, batch_size=8)
-    assert scored_rows[0] == 8 and min(scored_rows) == 2  # the working set was compacted
+    # the working set was compacted to the two missing rows (then to the last one going on)
+    assert scored_rows[0] == 8 and min(scored_rows) in (1, 2) and 2 in scored_rows
     assert fit.params[6:].abs().max() < 0.05
     best = decoder.exact_elbo(x[:6], DIAGONAL, best_q(decoder, x[:6]))
     assert (best - decoder.exact_elbo(x[:6], DIAGONAL, fit.params[:6])).max() < 0.3
