@@ -5,8 +5,8 @@
    in which `fit_local`'s bound is stated (at most `error_rate` of such rows stopped in a
    visit while drift >= tol). Prints the fraction of rows stopped within a visit, with its
    binomial standard error, for drifts at and just above tol, under the rule (a t quantile
-   with stop_windows - 1 degrees of freedom, Bonferroni over the visit) and under the
-   previous rule (2 standard errors at every check).
+   with stop_windows - 1 degrees of freedom, the error rate spent over the visit's
+   decisions) and under the previous rule (2 standard errors at every check).
 2. Refinement (`eval.refine` defaults) from the prior on the tests' linear-Gaussian model
    (`tests/linear_gaussian.py`, 200 points):
    the gap to the closed-form best diagonal q* and the steps taken. The figures of
@@ -32,7 +32,7 @@ from vi_lab.inference import local_fit
 from vi_lab.inference.families import Draw, ElboGradient, Family
 from vi_lab.inference.local_fit import RowState, fit_local
 
-# the test-sized visit of the bound: 400 steps, windows of 10, no halvings (36 decisions)
+# the test-sized visit of the bound: 400 steps, windows of 10, no halvings (36 stop decisions)
 VISIT = InnerLoopConfig(max_steps=400, check_every=10, check_samples=1, num_decays=0, tol=0.0)
 
 
@@ -86,9 +86,9 @@ def stop_rate(config: LocalFitConfig, drift: float, num_rows: int) -> tuple[floa
     return rate, math.sqrt(max(rate * (1 - rate), 1 / num_rows) / num_rows)
 
 
-def previous_threshold(config: LocalFitConfig) -> float:
+def previous_thresholds(config: LocalFitConfig) -> Tensor:
     """The rule this one replaced: 2 standard errors (a normal quantile) at every check."""
-    return 2.0
+    return torch.full((max(1, local_fit.checks_per_visit(config)),), 2.0, dtype=torch.float64)
 
 
 def main() -> None:
@@ -97,17 +97,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     se_of_mean = 1 / math.sqrt(VISIT.stop_windows)
-    print(f"Wrong stops in a visit of {VISIT.max_steps} steps ({local_fit.num_decisions(VISIT)} decisions),")
+    print(f"Wrong stops in a visit of {VISIT.max_steps} steps ({local_fit.checks_per_visit(VISIT)} checks),")
     print(f"bound error_rate = {VISIT.error_rate}; window gains N(drift, 1), tol = {VISIT.tol}")
     print("| drift | rule | stopped (± SE) |\n|---|---|---|")
     for margin in (0.0, 0.5):
         drift = VISIT.tol + margin * se_of_mean
         for name, threshold in (
-            ("t, Bonferroni", local_fit.decision_threshold),
-            ("previous", previous_threshold),
+            ("t, error spent over the visit", local_fit.decision_thresholds),
+            ("previous", previous_thresholds),
         ):
             torch.manual_seed(args.seed)
-            with mock.patch.object(local_fit, "decision_threshold", threshold):
+            with mock.patch.object(local_fit, "decision_thresholds", threshold):
                 rate, se = stop_rate(VISIT, drift, args.rows)
             print(f"| tol + {margin} SE | {name} | {rate:.4f} ± {se:.4f} |")
     model = dense_decoder()

@@ -224,7 +224,7 @@ class LocalFitConfig:
     check_every: int = 10  # steps per window; no row stops before this many steps
     check_samples: int = 8  # common random numbers behind each window's gain
     # bound on the chance that a row still gaining more than tol per window stops anywhere
-    # in a visit (Student's t, Bonferroni over the visit's checks)
+    # in a visit (Student's t, the level spent over the visit's stop decisions)
     error_rate: float = 0.05
     stop_windows: int = 4  # windows whose mean gain decides a halving or a stop
     tol: float = 0.01  # nats per window below which a gain counts as none
@@ -351,10 +351,10 @@ class EvalConfig:
             max_steps=5000,
             lr=0.1,
             num_samples=10,
-            check_every=25,
-            check_samples=16,
-            stop_windows=8,
-            tol=0.05,
+            check_every=20,
+            check_samples=128,
+            stop_windows=6,
+            tol=0.04,
             num_decays=7,
         )
     )

@@ -17,21 +17,22 @@ eps_1..M are pushed through both q's (z = T(eps; params), the family's map), so 
 Carlo noise that the two ELBOs share cancels (the paired comparison of Glasserman & Yao
 1992). One window's realized gain also carries the random walk of the noisy steps, so every
 decision rests on the last W = `stop_windows` windows at the current step size: their mean
-gain m and its standard error s (from their spread, path noise included), compared with
-t = t_{W-1}(1 - alpha / K), a Student's t quantile with W - 1 degrees of freedom at level
-alpha = `error_rate` divided among the K checks of a visit at which a decision can fall
-(Bonferroni over the visit).
-- Stop, with no halvings left: m + t * s < tol, a one-sided t-test that the drift is below
-  `tol`. If a row's window gains are independent normals whose mean stays at or above
-  `tol`, it stops anywhere in the visit with probability at most alpha
-  (`benchmarks/stopping.py` measures it; `tests/inference/test_local_fit.py` checks it).
+gain m and its standard error s (from their spread, path noise included).
+- Stop, with no halvings left: m + t_k * s < tol, a one-sided t-test that the drift is below
+  `tol`, at the row's k-th such decision of the visit with t_k = t_{W-1}(1 - alpha_k),
+  Student's t quantile with W - 1 degrees of freedom at level alpha_k = alpha * 6 / (pi^2 k^2),
+  alpha = `error_rate`. The levels sum to alpha, so by the union bound (Bonferroni with
+  unequal shares, spent first where a settled row stops) a row whose window gains are
+  independent normals with mean at or above `tol` stops anywhere in the visit with
+  probability at most alpha, however long the visit (`benchmarks/stopping.py` measures it;
+  `tests/inference/test_local_fit.py` checks it).
 - Halve the learning rate (at most `num_decays` times; the windows then start afresh):
-  m < tol and m - t * s <= 0, the same windows and quantile showing no progress. Smaller
-  steps remove Adam's jitter around the optimum, whose window-to-window spread at the first
-  step size is far above `tol`, so this decision cannot wait for the drift to be shown below
-  `tol`; it carries no bound of its own (a row gaining about `tol` per window may be halved,
-  and the stop's bound then holds at the new step size), but a row whose measured mean gain
-  reaches `tol` never is.
+  m < tol and m - t_1 * s <= 0, the same windows and the quantile of a first stop decision
+  showing no progress. Smaller steps remove Adam's jitter around the optimum, whose
+  window-to-window spread at the first step size is far above `tol`, so this decision cannot
+  wait for the drift to be shown below `tol`; it carries no bound of its own (a row gaining
+  about `tol` per window may be halved, and the stop's bound then holds at the new step
+  size), but a row whose measured mean gain reaches `tol` never is.
 No row is halved before W windows at a step size, nor stops before (num_decays + 1) * W.
 `max_steps` caps every row. The loop runs over steps only, never over points; a check
 costs one forward pass with 2 * check_samples samples and no backward pass, and a visit
@@ -120,20 +121,26 @@ def window_gain(
     return (log_lik[:num_samples] - log_lik[num_samples:] - beta * kl_diff).mean(0)
 
 
-def num_decisions(config: LocalFitConfig) -> int:
-    """K: the checks of one visit at which a row can be halved or stopped (0: none).
-
-    Checks fall every `check_every` steps before the last; the first decision needs
-    `stop_windows` windows."""
-    num_checks = (config.max_steps - 1) // config.check_every
-    return max(0, num_checks - config.stop_windows + 1)
+def checks_per_visit(config: LocalFitConfig) -> int:
+    """The checks of one visit: every `check_every` steps before the last."""
+    return (config.max_steps - 1) // config.check_every
 
 
-def decision_threshold(config: LocalFitConfig) -> float:
-    """t_{W-1}(1 - alpha / K): how many standard errors of the mean window gain must separate
-    it from `tol` before a row is halved or stopped, W = `stop_windows`, alpha = `error_rate`,
-    K = `num_decisions` (a one-sided t-test, Bonferroni-corrected over the visit)."""
-    return float(stats.t.ppf(1 - config.error_rate / max(1, num_decisions(config)), config.stop_windows - 1))
+def spent_error(config: LocalFitConfig, attempt: Tensor | int) -> Tensor:
+    """alpha_k = alpha * 6 / (pi^2 k^2): the error rate spent on a row's k-th stop decision
+    of a visit, alpha = `error_rate`; sum_k alpha_k = alpha, so a union bound over the visit's
+    decisions (Bonferroni with unequal shares) holds whatever their number."""
+    k = torch.as_tensor(attempt, dtype=torch.float64)
+    return config.error_rate * 6 / (math.pi**2 * k.square())
+
+
+def decision_thresholds(config: LocalFitConfig) -> Tensor:
+    """t_{W-1}(1 - alpha_k) for k = 1..(checks of a visit), (K,) float64: how many standard
+    errors of the mean window gain must separate it from `tol` at a row's k-th stop decision,
+    W = `stop_windows` (a one-sided t-test at level alpha_k, `spent_error`)."""
+    attempts = torch.arange(1, max(1, checks_per_visit(config)) + 1)
+    levels = spent_error(config, attempts).numpy()
+    return torch.from_numpy(stats.t.ppf(1 - levels, config.stop_windows - 1))
 
 
 def adam_step(
@@ -227,10 +234,11 @@ def fit_local(
     gains = torch.zeros(num_rows, config.stop_windows, device=x.device)  # recent window gains
     windows = torch.zeros(num_rows, device=x.device)  # windows since the last step-size change
     num_checks = 0
-    threshold = decision_threshold(config)
+    thresholds = decision_thresholds(config).to(device=x.device, dtype=params.dtype)  # (K,)
+    attempts = torch.zeros(num_rows, dtype=torch.long, device=x.device)  # stop decisions so far
     # A visit too short for any decision (fewer than `stop_windows` windows) takes its whole
     # budget and skips the checks' cost.
-    can_decide = num_decisions(config) > 0
+    can_decide = checks_per_visit(config) >= config.stop_windows
 
     def store() -> None:
         """Write the working rows back among all rows."""
@@ -259,11 +267,15 @@ def fit_local(
                 # The drift of the last windows (path noise included) and its standard error
                 drift, drift_se = gains.mean(1), gains.std(1) / math.sqrt(config.stop_windows)
                 judged = (windows >= config.stop_windows) & active.bool()
-                # halve: the drift is below tol and not shown to be positive; stop: it is shown
-                # to be below tol
-                flat = (drift < config.tol) & (drift - threshold * drift_se <= 0)
+                # halve: the drift is below tol and not shown to be positive, at the quantile of
+                # a first stop decision; stop: it is shown to be below tol at the row's k-th
+                # decision's quantile
+                flat = (drift < config.tol) & (drift - thresholds[0] * drift_se <= 0)
                 decay = judged & flat & (decays_left > 0)
-                stop = judged & (drift + threshold * drift_se < config.tol) & (decays_left == 0)
+                deciding = judged & (decays_left == 0)
+                attempts += deciding.long()
+                threshold = thresholds[(attempts - 1).clamp(0, thresholds.shape[0] - 1)]  # (n,)
+                stop = deciding & (drift + threshold * drift_se < config.tol)
                 lr = torch.where(decay, lr * 0.5, lr)
                 decays_left -= decay.float()
                 windows.masked_fill_(decay, 0)
@@ -277,6 +289,6 @@ def fit_local(
                     where, x = where[keep], x[keep]
                     params, exp_avg, exp_avg_sq = params[keep], exp_avg[keep], exp_avg_sq[keep]
                     step, active, lr, decays_left = step[keep], active[keep], lr[keep], decays_left[keep]
-                    anchor, gains, windows = anchor[keep], gains[keep], windows[keep]
+                    anchor, gains, windows, attempts = anchor[keep], gains[keep], windows[keep], attempts[keep]
     store()
     return FitResult(result, first, last, (result.step - rows.step).long(), capped)
