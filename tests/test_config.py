@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,21 @@ def test_yaml_top_level_must_be_a_mapping(tmp_path):
 
 
 def test_a_saved_config_with_a_retired_key_still_loads():
-    """Runs saved before the stopping rule's `confidence` became `error_rate` load, without it;
-    any other unknown key still fails naming it (the negative control)."""
+    """Runs saved before the stopping rule's `confidence` became `error_rate` load, without it,
+    their refinement checks at the present defaults (the old rule's were sized for it) and the
+    rest as saved; a config without the retired key keeps its checks, and any other unknown key
+    still fails naming it (the negative controls)."""
     saved = to_dict(load_config())
     saved["inference"]["inner"]["confidence"] = 2.0
+    saved["eval"]["refine"].update(
+        confidence=2.0, check_every=50, check_samples=16, stop_windows=4, max_steps=3000
+    )
+    loaded = from_dict(saved)
+    assert loaded.eval.refine == replace(load_config().eval.refine, max_steps=3000)
+    assert loaded.inference == load_config().inference
+    del saved["eval"]["refine"]["confidence"]
+    assert from_dict(saved).eval.refine.check_every == 50
     saved["eval"]["refine"]["confidence"] = 2.0
-    assert from_dict(saved) == load_config()
     saved["eval"]["refine"]["confidance"] = 2.0
     with pytest.raises(ConfigError, match="confidance"):
         from_dict(saved)

@@ -247,7 +247,7 @@ class _GradientPassCounter:
 
 
 def test_rows_that_stopped_cost_no_gradient_passes(linear_model, linear_data):
-    """38 rows start at q* and stop after about 1300 steps; 2 start far away and take about
+    """38 rows start at q* and stop after about 1000 steps; 2 start far away and take about
     4100. The working set is compacted once half its rows are done, so the gradient passes
     cost at most twice the rows' own steps (each step carries at most twice the active
     rows), under half of carrying every row to the last step; every row keeps its own result."""

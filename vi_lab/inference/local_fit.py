@@ -289,6 +289,11 @@ def fit_local(
                     where, x = where[keep], x[keep]
                     params, exp_avg, exp_avg_sq = params[keep], exp_avg[keep], exp_avg_sq[keep]
                     step, active, lr, decays_left = step[keep], active[keep], lr[keep], decays_left[keep]
-                    anchor, gains, windows, attempts = anchor[keep], gains[keep], windows[keep], attempts[keep]
+                    anchor, gains, windows, attempts = (
+                        anchor[keep],
+                        gains[keep],
+                        windows[keep],
+                        attempts[keep],
+                    )
     store()
     return FitResult(result, first, last, (result.step - rows.step).long(), capped)
