@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_TRAIN ?= data.num_train=10000 train.epochs=5 train.gaps_every=5 train.valid_num_points=50 train.gaps_num_points=50
 DEMO_EVAL ?= num_points=200
 
-.PHONY: install data postgres demo test lint bench gpu-check
+.PHONY: install data postgres demo test lint bench gpu-check gpu-wheels
 
 install:
 	$(PIP) install --quiet torch==2.13.0
@@ -63,3 +63,14 @@ bench: install
 # rows), results to $$OUT (the device machine's) or runs/gpu-check: docs/performance.md.
 gpu-check:
 	$(PYTHON) -m benchmarks.gpu_check --out $${OUT:-runs/gpu-check}
+
+# The packages the device machine lacks (its Python 3.12 has torch, numpy, scipy, matplotlib,
+# tensorboard, tqdm, pytest), as x86-64 wheels in .whl/ (git-ignored locally), to carry there:
+# docs/performance.md, "On a GPU".
+GPU_WHEELS ?= optuna==5.1.0 omegaconf==2.4.0 antlr4-python3-runtime==4.13.2 alembic==1.20.1 \
+	sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3
+gpu-wheels:
+	grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
