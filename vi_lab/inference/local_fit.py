@@ -41,6 +41,7 @@ too short to reach a decision skips the checks.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -126,21 +127,22 @@ def checks_per_visit(config: LocalFitConfig) -> int:
     return (config.max_steps - 1) // config.check_every
 
 
-def spent_error(config: LocalFitConfig, attempt: Tensor | int) -> Tensor:
-    """alpha_k = alpha * 6 / (pi^2 k^2): the error rate spent on a row's k-th stop decision
-    of a visit, alpha = `error_rate`; sum_k alpha_k = alpha, so a union bound over the visit's
-    decisions (Bonferroni with unequal shares) holds whatever their number."""
-    k = torch.as_tensor(attempt, dtype=torch.float64)
-    return config.error_rate * 6 / (math.pi**2 * k.square())
+@functools.cache
+def _t_quantiles(error_rate: float, stop_windows: int, num_decisions: int) -> tuple[float, ...]:
+    """t_{W-1}(1 - alpha_k) for k = 1..num_decisions, alpha_k = alpha * 6 / (pi^2 k^2): the error
+    rate spent on a row's k-th stop decision of a visit, alpha = `error_rate`. The alpha_k sum
+    to alpha, so a union bound over the visit's decisions (Bonferroni with unequal shares) holds
+    whatever their number. Cached: a training run asks for the same table at every visit."""
+    levels = [error_rate * 6 / (math.pi**2 * k**2) for k in range(1, num_decisions + 1)]
+    return tuple(float(t) for t in stats.t.ppf([1 - level for level in levels], stop_windows - 1))
 
 
 def decision_thresholds(config: LocalFitConfig) -> Tensor:
     """t_{W-1}(1 - alpha_k) for k = 1..(checks of a visit), (K,) float64: how many standard
     errors of the mean window gain must separate it from `tol` at a row's k-th stop decision,
-    W = `stop_windows` (a one-sided t-test at level alpha_k, `spent_error`)."""
-    attempts = torch.arange(1, max(1, checks_per_visit(config)) + 1)
-    levels = spent_error(config, attempts).numpy()
-    return torch.from_numpy(stats.t.ppf(1 - levels, config.stop_windows - 1))
+    W = `stop_windows` (a one-sided t-test at level alpha_k, `_t_quantiles`)."""
+    quantiles = _t_quantiles(config.error_rate, config.stop_windows, max(1, checks_per_visit(config)))
+    return torch.tensor(quantiles, dtype=torch.float64)
 
 
 def adam_step(
